@@ -1,0 +1,480 @@
+"""The daemon's configuration: one frozen dataclass per TOML section, and its loader.
+
+Precedence, lowest first (architecture 4.6): the dataclass defaults, the TOML file
+(``--config``, else ``$KMS_HOST_CONFIG``), ``KMS_HOST_<SECTION>_<KEY>`` environment
+variables, then the CLI flags. Everything is resolved once at start into a frozen
+:class:`Config` that is passed down; nothing reads the environment later.
+
+Each field declares its default and its converter in one place (:func:`_option`), so the
+loader is a loop over that table rather than a ladder of checks. Unknown sections, keys and
+``KMS_HOST_*`` variables are errors, as are bad values: a typo must stop the start with the
+dotted key name instead of silently running with a default (hypercorn's ``from_mapping``
+shows the cost of the lenient way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from kms_host.errors import ConfigError
+
+__all__ = [
+    "ENV_CONFIG_FILE",
+    "ENV_PREFIX",
+    "Config",
+    "ConfigOverrides",
+    "CountingConfig",
+    "CountingMode",
+    "HostConfig",
+    "ListenAddress",
+    "LogConfig",
+    "PolicyConfig",
+    "Prefill",
+    "ServerConfig",
+    "StorageConfig",
+    "load_config",
+    "parse_listen",
+]
+
+ENV_PREFIX = "KMS_HOST_"
+ENV_CONFIG_FILE = "KMS_HOST_CONFIG"
+"""Names the config file when ``--config`` is absent; the one non-setting ``KMS_HOST_*``."""
+
+_T = TypeVar("_T")
+_Converter = Callable[[object], _T]
+
+
+# --- listen addresses ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One address to listen on; ``host`` is bare (no brackets), ready for ``start_server``."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6, port 0..65535); ValueError says why not."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in {text!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"IPv6 addresses go in brackets, as in '[::]:1688', got {text!r}")
+    elif not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{host!r} in {text!r} is not a host name or IPv4 address")
+    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {text!r}")
+    return ListenAddress(host, int(port_text))
+
+
+# --- converters: raw TOML/env/CLI value -> typed field value, ValueError saying why not -----
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _integer(low: int, high: int) -> _Converter[int]:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return convert
+
+
+def _number(low: float, high: float) -> _Converter[float]:
+    def convert(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number from {low:g} to {high:g}, got {value!r}")
+        if not low <= value <= high:  # also rejects nan
+            raise ValueError(f"must be from {low:g} to {high:g}, got {value!r}")
+        return float(value)
+
+    return convert
+
+
+def _one_of(*choices: _T) -> _Converter[_T]:
+    def convert(value: object) -> _T:
+        for choice in choices:
+            if type(value) is type(choice) and value == choice:
+                return choice
+        listed = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"must be one of {listed}, got {value!r}")
+
+    return convert
+
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _member_of(kind: type[_E]) -> _Converter[_E]:
+    def convert(value: object) -> _E:
+        if isinstance(value, str) and value in {member.value for member in kind}:
+            return kind(value)
+        listed = ", ".join(repr(member.value) for member in kind)
+        raise ValueError(f"must be one of {listed}, got {value!r}")
+
+    return convert
+
+
+def _hex_or_empty(digits: int) -> _Converter[str]:
+    pattern = re.compile(f"(?:[0-9A-Fa-f]{{{digits}}})?")
+
+    def convert(value: object) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ValueError(f"expected {digits} hex digits or an empty string, got {value!r}")
+        return value
+
+    return convert
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"expected a non-empty list of names, got {value!r}")
+    if not all(isinstance(name, str) and name.strip() for name in value):
+        raise ValueError(f"every name must be a non-empty string, got {value!r}")
+    return tuple(name.strip() for name in value)
+
+
+def _listen_list(value: object) -> tuple[ListenAddress, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list of 'HOST:PORT' strings, got {value!r}")
+    if not all(isinstance(item, str) for item in value):
+        raise ValueError(f"every address must be a 'HOST:PORT' string, got {value!r}")
+    return tuple(parse_listen(item) for item in value)
+
+
+def _string_table(value: object) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f'expected a table of name = "string", got {value!r}')
+    for name, text in value.items():
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"entry {name!r} must be a non-empty string, got {text!r}")
+    return MappingProxyType(dict(value))
+
+
+def _path(value: object) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError(f"expected a non-empty path, got {value!r}")
+    return Path(value)
+
+
+# --- the sections ----------------------------------------------------------------------------
+
+
+def _option(default: _T, convert: _Converter[_T]) -> _T:
+    """Declare a field with its default and the converter every layer's value goes through.
+
+    (ruff's RUF009 cannot tell that this returns a ``field()``; where it flags a use, the
+    default is immutable: an enum member or a ``Path``.)
+    """
+    if isinstance(default, Mapping):
+        frozen = MappingProxyType(dict(default))
+        return field(default_factory=lambda: frozen, metadata={"convert": convert})  # type: ignore[return-value]
+    return field(default=default, metadata={"convert": convert})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: where the daemon listens and the bounds it keeps on connections."""
+
+    listen: tuple[ListenAddress, ...] = _option((), _listen_list)
+    """Addresses as "HOST:PORT" (IPv6 in brackets). Default empty: dual-stack ``[::]:1688``,
+    falling back to ``0.0.0.0:1688`` where IPv6 is off."""
+    idle_timeout_s: float = _option(30.0, _number(1, 600))
+    """Seconds a connection may stay silent before it is closed. Default 30; 1..600."""
+    max_pdu_bytes: int = _option(4096, _integer(1024, 65535))
+    """Largest RPC PDU accepted, in bytes (a KMS request is under 1 KiB). Default 4096."""
+    max_connections: int = _option(1024, _integer(1, 65536))
+    """Open connections at once; more are refused. Default 1024; 1..65536."""
+    shutdown_grace_s: float = _option(5.0, _number(0, 300))
+    """Seconds calls in flight get to finish on SIGTERM before they are cancelled. Default 5."""
+    ndr64: bool = _option(True, _boolean)
+    """Accept the NDR64 transfer syntax at BIND, as Windows Vista+ hosts do. Default true."""
+    btfn: bool = _option(True, _boolean)
+    """Acknowledge bind-time feature negotiation (BTFN), as Windows 7+ hosts do. Default true."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """``[host]``: which host keys this host holds and how it identifies itself."""
+
+    scope: tuple[str, ...] = _option(("all",), _names)
+    """Host-key group names held; "all" = every group in the catalog. Default ["all"]."""
+    epid: Mapping[str, str] = _option({}, _string_table)
+    """Fixed ePIDs by host-key group; groups not listed get one generated on first start
+    and kept in the data dir. Default {} (all generated)."""
+    hwid: str = _option("", _hex_or_empty(16))
+    """Host hardware ID as 16 hex digits (8 bytes, V6). Default "": generated and kept."""
+    activation_interval_min: int = _option(120, _integer(15, 43200))
+    """Minutes an unactivated client waits before retrying. Default 120; 15..43200."""
+    renewal_interval_min: int = _option(10080, _integer(15, 43200))
+    """Minutes an activated client waits before renewing. Default 10080 (7 days); 15..43200."""
+    build: int = _option(17763, _one_of(6002, 7601, 9200, 9600, 14393, 17763, 20348, 26100))
+    """Host OS build written into generated ePIDs. Default 17763 (Windows Server 2019)."""
+    lcid: int = _option(1033, _integer(1, 65535))
+    """Locale ID written into generated ePIDs. Default 1033 (en-US)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """``[policy]``: how strictly requests are judged."""
+
+    refuse_unknown: bool = _option(False, _boolean)
+    """Refuse KMS counted IDs the catalog lacks (0xC004F042). Default false: accept and log."""
+    strict_sku: bool = _option(False, _boolean)
+    """Refuse a SKU the catalog puts in another group than claimed (0xC004F042). Default false."""
+    check_client_time: bool = _option(True, _boolean)
+    """Refuse clients whose clock is off by more than ``clock_skew_max_s``. Default true."""
+    clock_skew_max_s: int = _option(14400, _integer(60, 31536000))
+    """Largest accepted client clock offset, in seconds. Default 14400 (4 hours)."""
+    max_required_client_count: int = _option(1000, _integer(1, 1000000))
+    """Largest RequiredClientCount accepted; above it 0x8007000D. Default 1000."""
+    verify_v4_mac: bool = _option(True, _boolean)
+    """Check the V4 request's hash and refuse a mismatch (0x8007000D). Default true."""
+
+
+class CountingMode(enum.StrEnum):
+    """Which count the host reports (``[counting] mode``)."""
+
+    FAITHFUL = "faithful"
+    SATURATED = "saturated"
+    FIXED = "fixed"
+
+
+class Prefill(enum.StrEnum):
+    """Whether synthetic clients fill the count up to the threshold (``[counting] prefill``)."""
+
+    THRESHOLD = "threshold"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class CountingConfig:
+    """``[counting]``: which client count the host reports (kms-host-behaviour 2.1)."""
+
+    mode: CountingMode = _option(CountingMode.FAITHFUL, _member_of(CountingMode))  # noqa: RUF009
+    """"faithful": distinct CMIDs in the window, capped at twice the threshold; "saturated":
+    always twice the threshold; "fixed": always ``fixed_count``. Default "faithful"."""
+    fixed_count: int = _option(50, _integer(0, 100000))
+    """The count reported in "fixed" mode. Default 50."""
+    prefill: Prefill = _option(Prefill.THRESHOLD, _member_of(Prefill))  # noqa: RUF009
+    """"threshold": synthetic clients so the first real one sees the threshold; "none": an
+    empty host. Default "threshold"."""
+    window_days: int = _option(30, _integer(1, 3650))
+    """Days a CMID keeps counting after its last activation. Default 30."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """``[storage]``: where the client table and the host identity are kept."""
+
+    backend: str = _option("sqlite", _one_of("sqlite"))
+    """Client table backend; only "sqlite" for now. Default "sqlite"."""
+    data_dir: Path = _option(Path("data"), _path)  # noqa: RUF009
+    """Directory for the database and host identity, relative to the working directory
+    (not to the config file). Default "./data"."""
+    synchronous: str = _option("full", _one_of("full", "normal"))
+    """SQLite durability: "full" survives power loss, "normal" only process crashes.
+    Default "full"."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``: how log lines are written (always to stdout)."""
+
+    format: str = _option("auto", _one_of("auto", "json", "console"))
+    """"json" lines, "console" text, or "auto": console on a terminal, else JSON."""
+    level: str = _option("info", _one_of("debug", "info", "warning", "error"))
+    """Lowest level written. Default "info"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The effective configuration, resolved once at start."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    host: HostConfig = field(default_factory=HostConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    counting: CountingConfig = field(default_factory=CountingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """The effective settings as JSON-safe data, for the one ``config`` log line."""
+        return {
+            section.name: {
+                option.name: _jsonable(getattr(getattr(self, section.name), option.name))
+                for option in dataclasses.fields(getattr(self, section.name))
+            }
+            for section in dataclasses.fields(self)
+        }
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, ListenAddress | Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+_SECTIONS: Mapping[str, type[Any]] = {
+    "server": ServerConfig,
+    "host": HostConfig,
+    "policy": PolicyConfig,
+    "counting": CountingConfig,
+    "storage": StorageConfig,
+    "log": LogConfig,
+}
+
+
+# --- the loader ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigOverrides:
+    """The CLI flags that override configuration; empty/None means "not given"."""
+
+    listen: tuple[str, ...] = ()
+    data_dir: Path | None = None
+    log_format: str | None = None
+    log_level: str | None = None
+
+
+_Layer = dict[tuple[str, str], tuple[object, str]]
+"""(section, key) -> (raw value, where it came from, for error messages)."""
+
+
+def load_config(path: Path | None, *, env: Mapping[str, str], overrides: ConfigOverrides) -> Config:
+    """Resolve defaults < TOML file < ``KMS_HOST_*`` env < CLI flags; ConfigError if invalid."""
+    if path is None and env.get(ENV_CONFIG_FILE):
+        path = Path(env[ENV_CONFIG_FILE])
+    raw: _Layer = {}
+    if path is not None:
+        raw.update(_file_layer(path))
+    raw.update(_env_layer(env))
+    raw.update(_cli_layer(overrides))
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        changes: dict[str, object] = {}
+        for option in dataclasses.fields(cls):
+            if (name, option.name) in raw:
+                value, origin = raw[name, option.name]
+                try:
+                    changes[option.name] = option.metadata["convert"](value)
+                except ValueError as exc:
+                    raise ConfigError(f"{exc} (from {origin})", f"{name}.{option.name}") from None
+        sections[name] = cls(**changes)
+    return Config(**sections)
+
+
+def _check_section(section: str, origin: str, key: str) -> None:
+    if section not in _SECTIONS:
+        known = ", ".join(_SECTIONS)
+        raise ConfigError(f"unknown section (from {origin}; known: {known})", key)
+
+
+def _option_field(section: str, key: str, origin: str) -> dataclasses.Field[Any]:
+    """The field behind ``section.key``, or ConfigError naming what is unknown."""
+    _check_section(section, origin, f"{section}.{key}" if key else section)
+    options = {option.name: option for option in dataclasses.fields(_SECTIONS[section])}
+    if key not in options:
+        known = ", ".join(options)
+        raise ConfigError(f"unknown key (from {origin}; known: {known})", f"{section}.{key}")
+    return options[key]
+
+
+def _file_layer(path: Path) -> _Layer:
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", "") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}", "") from exc
+    layer: _Layer = {}
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            if section in _SECTIONS:
+                raise ConfigError(f"expected a [{section}] table (in {path})", section)
+            raise ConfigError(f"unknown key (in {path}); settings go in a [section]", section)
+        _check_section(section, str(path), section)
+        for key, value in table.items():
+            _option_field(section, key, str(path))
+            layer[section, key] = (value, str(path))
+    return layer
+
+
+def _env_layer(env: Mapping[str, str]) -> _Layer:
+    layer: _Layer = {}
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        section, _, key = name.removeprefix(ENV_PREFIX).lower().partition("_")
+        option = _option_field(section, key, name)
+        layer[section, key] = (_env_value(text, option.default), name)
+    return layer
+
+
+def _env_value(text: str, default: object) -> object:
+    """Read an env value as TOML when it parses, else as text; the field's type decides.
+
+    Text-typed fields keep the text whenever TOML reads it as something else (an all-digit
+    ``hwid`` stays a string); list-typed fields also take comma-separated text, the natural
+    form in a shell or a compose file (``windows-server-2019,office-2019``).
+    """
+    try:
+        document = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        value: object = text
+    else:
+        value = document["value"] if document.keys() == {"value"} else text
+    if isinstance(default, str | Path) and not isinstance(value, str):
+        return text
+    if isinstance(default, tuple) and not isinstance(value, list):
+        return [part.strip() for part in text.split(",")] if text.strip() else []
+    return value
+
+
+def _cli_layer(overrides: ConfigOverrides) -> _Layer:
+    given: dict[tuple[str, str], tuple[object, str]] = {
+        ("server", "listen"): (list(overrides.listen) or None, "--listen"),
+        ("storage", "data_dir"): (overrides.data_dir, "--data-dir"),
+        ("log", "format"): (overrides.log_format, "--log-format"),
+        ("log", "level"): (overrides.log_level, "--log-level"),
+    }
+    return {target: entry for target, entry in given.items() if entry[0] is not None}

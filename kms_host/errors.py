@@ -1,0 +1,33 @@
+"""The daemon's exception root and the errors that stop it (architecture 4.4).
+
+``protocol.errors.ProtocolError`` covers bad input from the wire; these cover the daemon's
+own surroundings: a configuration it cannot start with, and storage it cannot use. Both are
+reported to the operator rather than to a client, so they carry what the operator needs to
+fix the problem (the dotted config key; the underlying SQLite error as ``__cause__``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "KmsHostError", "StorageError"]
+
+
+class KmsHostError(Exception):
+    """Root of every error the daemon raises on purpose."""
+
+
+class ConfigError(KmsHostError):
+    """The configuration cannot be used; ``key`` names the dotted setting at fault.
+
+    ``str()`` is the message alone, so that callers can put the key where they like
+    (``f"{exc.key}: {exc}"``). ``key`` is empty when the problem is the file as a whole
+    (unreadable, not TOML).
+    """
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+
+
+class StorageError(KmsHostError):
+    """The client table could not be read or written (the ``sqlite3`` error is the cause)."""

@@ -1,0 +1,87 @@
+"""Logging setup: structlog events and stdlib records, rendered alike on one stream.
+
+Following structlog's documented production setup (architecture 4.7): JSON lines when the
+output is a file, a pipe or a container log (or ``format = "json"``), the readable console
+renderer on a terminal (or ``format = "console"``). structlog events are handed to the
+standard ``logging`` machinery and rendered by a ``ProcessorFormatter``, so that records from
+``asyncio`` and other libraries go through the same chain and stdout stays uniformly JSON.
+
+Event names and fields are snake_case and stable: they are an API for whoever parses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import date
+from typing import TextIO
+
+import structlog
+from structlog.typing import Processor
+
+__all__ = ["FORMATS", "LEVELS", "configure_logging"]
+
+FORMATS = ("auto", "json", "console")
+LEVELS: dict[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class _Handler(logging.StreamHandler[TextIO]):
+    """Our root handler, a class of its own so that a second configuration replaces it."""
+
+
+# Frames without their local variables: locals bloat every line and may hold client data.
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
+def _json_default(value: object) -> str:
+    """Render what ``json`` cannot: ISO 8601 for times, ``str()`` for UUIDs, paths, IPs."""
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging to ``stream`` (default stdout) at ``level``.
+
+    Safe to call again (tests do): the previous handler is replaced. Loggers are not cached
+    on first use, so a logger obtained before a second call follows the new configuration.
+    """
+    if fmt not in FORMATS or level not in LEVELS:
+        raise ValueError(f"unknown log format {fmt!r} or level {level!r}")
+    stream = sys.stdout if stream is None else stream
+    as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # ConsoleRenderer lays out exc_info itself and warns if it was formatted before it.
+    final: list[Processor] = (
+        [_DICT_TRACEBACKS, structlog.processors.JSONRenderer(default=_json_default)]
+        if as_json
+        else [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+    )
+    handler = _Handler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
