@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "FILETIME_EPOCH",
-    "LicenseStatus",
     "KmsRequest",
     "KmsResponse",
+    "LicenseStatus",
     "ProtocolVersion",
     "datetime_to_filetime",
     "filetime_to_datetime",
