@@ -1,0 +1,159 @@
+"""The TCP listener: binds the configured addresses, accepts, limits and drains connections.
+
+Default binding is what a genuine host does on a modern Windows: one dual-stack socket on
+``[::]:1688`` that also accepts IPv4, falling back to ``0.0.0.0:1688`` where IPv6 is off
+(issue 3; spec 1.1). asyncio sets IPV6_V6ONLY on every AF_INET6 socket it creates, so the
+dual-stack socket is made here and handed over.
+
+Shutdown order (architecture 4.8, after uvicorn): stop accepting, cancel sessions that are
+idle in a read, give busy ones ``shutdown_grace_s`` to finish their call, cancel the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from kms_host.config import ListenAddress
+from kms_host.session import CallHandler, Session, format_peer
+from protocol.rpc import ServerSettings
+
+__all__ = ["DEFAULT_PORT", "KmsServer", "ServerLimits"]
+
+log = structlog.get_logger("kms_host.server")
+
+DEFAULT_PORT = 1688
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """The bounds the listener enforces; each comes from a named config key."""
+
+    idle_timeout_s: float
+    max_connections: int
+    max_pdu_bytes: int
+    ndr64: bool
+    btfn: bool
+
+
+def _dual_stack_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class KmsServer:
+    """Accepts KMS connections on every listen address and tracks their sessions."""
+
+    def __init__(
+        self,
+        *,
+        listen: tuple[ListenAddress, ...],
+        handler: CallHandler,
+        limits: ServerLimits,
+        assoc_group_seed: Callable[[], int] | None = None,
+    ) -> None:
+        self._listen = listen
+        self._handler = handler
+        self._limits = limits
+        seed = assoc_group_seed() if assoc_group_seed else int.from_bytes(os.urandom(4), "little")
+        self._assoc_group = seed
+        self._servers: list[asyncio.Server] = []
+        self._sessions: dict[asyncio.Task[None], Session] = {}
+        self.bound: list[tuple[str, int]] = []
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections are being served right now."""
+        return len(self._sessions)
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Bind every listen address; returns the bound (host, port) pairs."""
+        if self._listen:
+            for address in self._listen:
+                server = await asyncio.start_server(self._accept, address.host, address.port)
+                self._servers.append(server)
+        else:
+            self._servers.append(await self._start_default())
+        for server in self._servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                self.bound.append((str(name[0]), int(name[1])))
+        return self.bound
+
+    async def _start_default(self) -> asyncio.Server:
+        try:
+            sock = _dual_stack_socket(DEFAULT_PORT)
+        except OSError as exc:
+            log.info("ipv6_unavailable", error=str(exc), fallback="0.0.0.0:1688")
+            return await asyncio.start_server(self._accept, "0.0.0.0", DEFAULT_PORT)  # noqa: S104 - the documented default
+        return await asyncio.start_server(self._accept, sock=sock)
+
+    def _next_assoc_group(self) -> int:
+        # vlmcsd style (spec 2.7): random at start, one more for every accepted connection.
+        self._assoc_group = (self._assoc_group + 1) & 0xFFFFFFFF or 1
+        return self._assoc_group
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._sessions) >= self._limits.max_connections:
+            log.warning(
+                "connection_refused",
+                reason="max_connections",
+                peer=format_peer(writer.get_extra_info("peername")),
+                max_connections=self._limits.max_connections,
+            )
+            writer.close()
+            return
+        sockname = writer.get_extra_info("sockname")
+        settings = ServerSettings(
+            port=int(sockname[1]) if isinstance(sockname, tuple) else DEFAULT_PORT,
+            assoc_group_id=self._next_assoc_group(),
+            ndr64=self._limits.ndr64,
+            btfn=self._limits.btfn,
+            max_pdu_bytes=self._limits.max_pdu_bytes,
+        )
+        session = Session(
+            reader,
+            writer,
+            handler=self._handler,
+            rpc_settings=settings,
+            idle_timeout_s=self._limits.idle_timeout_s,
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions[task] = session
+        try:
+            await session.run()
+        finally:
+            del self._sessions[task]
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting, let busy calls finish within ``grace_s``, cancel the rest."""
+        for server in self._servers:
+            server.close()
+        idle = [task for task, session in self._sessions.items() if not session.busy]
+        for task in idle:
+            task.cancel()
+        pending = set(self._sessions)
+        if pending:
+            _, still_running = await asyncio.wait(pending, timeout=grace_s)
+            for task in still_running:
+                task.cancel()
+            if still_running:
+                log.warning("shutdown_cancelled_connections", count=len(still_running))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*pending, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()

@@ -1,0 +1,238 @@
+"""The imperative shell of one activation: open, decide, count, commit, seal, log.
+
+Path of a call (architecture 4.3): the RPC layer has already unwrapped the NDR stub;
+here the KMS message is opened (decrypted and verified, spec 5.5/5.6), the pure rules of
+:mod:`kms_host.activation` decide, the client table records the sighting and returns the
+tally in one committed transaction, and only then is the response sealed and handed back:
+a response is never sent for a client record that is not on disk.
+
+Each call yields exactly one ``activation`` log event carrying the fields of a genuine
+host's event 12290 (kms-host-behaviour 2.6) plus what a lab wants to follow; a change of
+any application's count yields one ``counts`` event.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from kms_host.activation import Assessment, assess, reported_count
+from kms_host.catalog import Catalog
+from kms_host.clock import Clock
+from kms_host.config import Config
+from kms_host.errors import StorageError
+from kms_host.identity import HostIdentity
+from kms_host.session import KmsReply
+from kms_host.storage import AppTally, ClientStore, Sighting
+from protocol.errors import NCA_S_FAULT_UNSPEC, KmsError
+from protocol.kms import (
+    KmsResponse,
+    LicenseStatus,
+    OpenedRequest,
+    datetime_to_filetime,
+    filetime_to_datetime,
+    open_request,
+    peek_version,
+    seal_response,
+)
+from protocol.rpc import CallReceived
+
+__all__ = ["ActivationService"]
+
+log = structlog.get_logger("kms_host.activation")
+
+
+def _hex(value: int) -> str:
+    return f"0x{value:08X}"
+
+
+def _license_status(value: int) -> str:
+    try:
+        return LicenseStatus(value).name.lower()
+    except ValueError:
+        return str(value)
+
+
+def _client_time(filetime: int) -> str:
+    try:
+        return filetime_to_datetime(filetime).isoformat().replace("+00:00", "Z")
+    except OverflowError:
+        return str(filetime)
+
+
+class ActivationService:
+    """Answers CallReceived events; one instance per running host."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        catalog: Catalog,
+        scope: frozenset[str],
+        identity: HostIdentity,
+        store: ClientStore,
+        clock: Clock,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._scope = scope
+        self._identity = identity
+        self._store = store
+        self._clock = clock
+        self._rng = rng
+        self._window = timedelta(days=config.counting.window_days)
+        self._counts: dict[str, int] = {}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The current count of every application seen so far."""
+        return dict(self._counts)
+
+    async def start(self) -> None:
+        """Load the current counts so the first change is reported against them."""
+        tallies = await self._store.tallies(since=self._clock.now() - self._window)
+        self._counts = {app: self._current(tally) for app, tally in tallies.items()}
+
+    def _current(self, tally: AppTally) -> int:
+        return reported_count(tally, required=0, counting=self._config.counting)
+
+    async def handle(self, call: CallReceived, peer: str) -> KmsReply:
+        """Answer one RequestActivation call."""
+        started = time.perf_counter()
+        base: dict[str, Any] = {"call_id": call.call_id, "ndr": call.syntax.value, "peer": peer}
+        try:
+            opened = open_request(call.kms_message, verify_v4_mac=self._config.policy.verify_v4_mac)
+        except KmsError as exc:
+            log.warning(
+                "activation",
+                **base,
+                hresult=_hex(exc.hresult),
+                result="malformed",
+                reason=type(exc).__name__,
+                detail=str(exc),
+                protocol=_peek(call.kms_message),
+                latency_ms=_ms(started),
+            )
+            return KmsReply(hresult=exc.hresult)
+        return await self._decide(opened, base, started)
+
+    async def _decide(
+        self, opened: OpenedRequest, base: dict[str, Any], started: float
+    ) -> KmsReply:
+        request = opened.request
+        now = self._clock.now()
+        assessment = assess(
+            request,
+            catalog=self._catalog,
+            scope=self._scope,
+            policy=self._config.policy,
+            now_filetime=datetime_to_filetime(now),
+        )
+        refusal = assessment.refusal
+        sighting = Sighting(
+            app=assessment.app,
+            cmid=request.client_machine_id,
+            machine_name=request.machine_name,
+            sku_id=request.sku_id,
+            kms_id=request.kms_counted_id,
+            license_status=request.license_status,
+            is_vm=bool(request.is_client_vm),
+            required_client_count=request.required_client_count,
+            protocol_version=f"{request.version.value}.0",
+            peer=base["peer"],
+            hresult=refusal.hresult if refusal else 0,
+            seen_at=now,
+            counted=refusal is None,
+        )
+        fields = {**base, **self._event_fields(opened, assessment)}
+        try:
+            tally = await self._store.record(sighting, since=now - self._window)
+        except StorageError as exc:
+            log.error("activation", **fields, result="storage_failed", detail=str(exc))
+            return KmsReply(fault_status=NCA_S_FAULT_UNSPEC)
+        if refusal is not None:
+            log.warning(
+                "activation",
+                **fields,
+                hresult=_hex(refusal.hresult),
+                result="refused",
+                reason=refusal.reason,
+                latency_ms=_ms(started),
+            )
+            return KmsReply(hresult=refusal.hresult)
+        count = reported_count(
+            tally, required=request.required_client_count, counting=self._config.counting
+        )
+        epid = self._epid(assessment)
+        response = KmsResponse(
+            version=request.version,
+            epid=epid,
+            client_machine_id=request.client_machine_id,
+            response_time=request.request_time,
+            current_client_count=count,
+            activation_interval_min=self._config.host.activation_interval_min,
+            renewal_interval_min=self._config.host.renewal_interval_min,
+        )
+        message = seal_response(opened, response, hwid=self._identity.hwid, rng=self._rng)
+        log.info(
+            "activation",
+            **fields,
+            hresult=_hex(0),
+            result="activated",
+            count=count,
+            epid=epid,
+            latency_ms=_ms(started),
+        )
+        self._note_count(assessment.app, tally)
+        return KmsReply(message=message)
+
+    def _epid(self, assessment: Assessment) -> str:
+        if assessment.group is not None:
+            return self._identity.epid_for(assessment.group)
+        return self._identity.epids[self._catalog.fallback_group(self._scope).key]
+
+    def _note_count(self, app: str, tally: AppTally) -> None:
+        current = self._current(tally)
+        if self._counts.get(app) != current:
+            self._counts[app] = current
+            log.info("counts", counts=dict(sorted(self._counts.items())), changed=app)
+
+    def _event_fields(self, opened: OpenedRequest, assessment: Assessment) -> dict[str, Any]:
+        request = opened.request
+        return {
+            # The fields of a genuine host's event 12290 (kms-host-behaviour 2.6) ...
+            "required_client_count": request.required_client_count,
+            "machine_name": request.machine_name,
+            "cmid": str(request.client_machine_id),
+            "client_time": _client_time(request.request_time),
+            "is_vm": bool(request.is_client_vm),
+            "license_status": _license_status(request.license_status),
+            "minutes_to_expiry": request.grace_time_min,
+            "sku_id": str(request.sku_id),
+            # ... and what a lab follows besides.
+            "app": assessment.app,
+            "kms_id": str(request.kms_counted_id),
+            "product": assessment.product.name if assessment.product else None,
+            "sku_name": assessment.sku.name if assessment.sku else None,
+            "host_key_group": assessment.group.key if assessment.group else None,
+            "protocol": f"{request.version.value}.0",
+            "notes": list(assessment.notes),
+        }
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _peek(message: bytes) -> str | None:
+    try:
+        major, minor = peek_version(message)
+    except KmsError:
+        return None
+    return f"{major}.{minor}"
