@@ -2,31 +2,38 @@
 
 ``serve()`` takes an optional ``shutdown_trigger`` (hypercorn's pattern, architecture 4.8):
 the CLI passes none and gets SIGTERM/SIGINT handling; tests pass an event's ``wait`` and
-read the bound port from ``on_ready``. Stop order: stop accepting, let calls in flight finish
-within ``server.shutdown_grace_s``, cancel the rest, close storage. A second signal forces
-the exit.
+read the bound ports from ``on_ready``. Parts start in dependency order inside one exit
+stack, so they stop in reverse: DNS (withdrawing a published record), then the KMS listener
+(stop accepting, let calls in flight finish within ``server.shutdown_grace_s``, cancel the
+rest), then storage. A second signal forces the exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import structlog
 
-from kms_host.catalog import load_catalog
+from kms_host.catalog import Catalog, load_catalog
 from kms_host.clock import Clock
 from kms_host.config import Config
+from kms_host.discovery import SrvZone
+from kms_host.dns_publish import run_publisher
+from kms_host.dns_server import serve_dns
 from kms_host.errors import ConfigError
 from kms_host.identity import load_identity
 from kms_host.server import KmsServer, ServerLimits
 from kms_host.service import ActivationService
 from kms_host.storage import open_store
 
-__all__ = ["BoundAddresses", "serve"]
+__all__ = ["BoundAddresses", "check_catalog_settings", "serve"]
 
 log = structlog.get_logger("kms_host.app")
 
@@ -36,6 +43,7 @@ class BoundAddresses:
     """Where the host is reachable once every socket is bound."""
 
     tcp: tuple[tuple[str, int], ...]
+    dns: tuple[tuple[str, int], ...] = ()
 
 
 ShutdownTrigger = Callable[[], Awaitable[object]]
@@ -57,6 +65,95 @@ def _signal_trigger() -> ShutdownTrigger:
     return stop.wait
 
 
+def check_catalog_settings(config: Config, catalog: Catalog) -> frozenset[str]:
+    """Validate what the config says about the catalog; return the held host-key groups.
+
+    Shared by ``serve`` and ``check-config`` so both refuse the same files.
+    """
+    try:
+        scope = catalog.resolve_scope(config.host.scope)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="host.scope") from exc
+    for key in config.host.epid:
+        if catalog.host_key_group(key) is None:
+            raise ConfigError(f"unknown host-key group {key!r}", key=f"host.epid.{key}")
+    return scope
+
+
+def _format(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def _kms_listener(
+    config: Config, service: ActivationService
+) -> AsyncIterator[list[tuple[str, int]]]:
+    server = KmsServer(
+        listen=config.server.listen,
+        handler=service.handle,
+        limits=ServerLimits(
+            idle_timeout_s=config.server.idle_timeout_s,
+            max_connections=config.server.max_connections,
+            max_pdu_bytes=config.server.max_pdu_bytes,
+            ndr64=config.server.ndr64,
+            btfn=config.server.btfn,
+        ),
+    )
+    bound = await server.start()
+    try:
+        yield bound
+    finally:
+        log.info("stopping", open_connections=server.open_connections)
+        await server.stop(config.server.shutdown_grace_s)
+
+
+@contextlib.asynccontextmanager
+async def _dns(
+    config: Config, kms_bound: list[tuple[str, int]]
+) -> AsyncIterator[list[tuple[str, int]]]:
+    """Run the SRV responder and the publisher that ``[dns]`` asks for (spec 9; issue 6)."""
+    dns = config.dns
+    if not dns.enabled and dns.publish is None:
+        yield []
+        return
+    zone = SrvZone.from_config(
+        dns, kms_port=kms_bound[0][1], kms_addresses=[host for host, _ in kms_bound]
+    )
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    bound: list[tuple[str, int]] = []
+    try:
+        if dns.enabled:
+            ready: asyncio.Future[list[tuple[str, int]]] = (
+                asyncio.get_running_loop().create_future()
+            )
+            responder = asyncio.create_task(
+                serve_dns(
+                    zone,
+                    dns.listen,
+                    rate_limit_qps=dns.rate_limit_qps,
+                    rate_limit_burst=dns.rate_limit_burst,
+                    tcp_idle_timeout_s=dns.tcp_idle_timeout_s,
+                    stop=stop,
+                    on_bound=ready.set_result,
+                )
+            )
+            tasks.append(responder)
+            waiters: set[asyncio.Future[Any]] = {responder, ready}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():
+                responder.result()  # raises the bind error
+            bound = ready.result()
+            log.info("dns_listening", addresses=[_format(a) for a in bound], zone=zone.origin)
+        if dns.publish is not None:
+            tasks.append(asyncio.create_task(run_publisher(dns.publish, zone.targets, stop=stop)))
+        yield bound
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def serve(
     config: Config,
     *,
@@ -65,16 +162,14 @@ async def serve(
     clock: Clock | None = None,
 ) -> None:
     """Run the host until the trigger fires (or a signal arrives)."""
-    clock = clock or Clock()
+    clock = clock or Clock(timedelta(seconds=config.clock.offset_s))
     trigger = shutdown_trigger or _signal_trigger()
     log.info("config", **config.as_dict())
     catalog = load_catalog()
-    try:
-        scope = catalog.resolve_scope(config.host.scope)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key="host.scope") from exc
-    store = await open_store(config.storage.data_dir, synchronous=config.storage.synchronous)
-    try:
+    scope = check_catalog_settings(config, catalog)
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(config.storage.data_dir, synchronous=config.storage.synchronous)
+        stack.push_async_callback(store.close)
         identity = load_identity(
             config.storage.data_dir,
             catalog=catalog,
@@ -91,31 +186,17 @@ async def serve(
             clock=clock,
         )
         await service.start()
-        server = KmsServer(
-            listen=config.server.listen,
-            handler=service.handle,
-            limits=ServerLimits(
-                idle_timeout_s=config.server.idle_timeout_s,
-                max_connections=config.server.max_connections,
-                max_pdu_bytes=config.server.max_pdu_bytes,
-                ndr64=config.server.ndr64,
-                btfn=config.server.btfn,
-            ),
-        )
-        bound = await server.start()
+        bound = await stack.enter_async_context(_kms_listener(config, service))
+        dns_bound = await stack.enter_async_context(_dns(config, bound))
         log.info(
             "listening",
-            addresses=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bound],
+            addresses=[_format(address) for address in bound],
             data_dir=str(config.storage.data_dir),
             scope=sorted(scope),
             counting_mode=config.counting.mode.value,
             counts=service.counts,
         )
         if on_ready is not None:
-            on_ready(BoundAddresses(tcp=tuple(bound)))
+            on_ready(BoundAddresses(tcp=tuple(bound), dns=tuple(dns_bound)))
         await trigger()
-        log.info("stopping", open_connections=server.open_connections)
-        await server.stop(config.server.shutdown_grace_s)
-    finally:
-        await store.close()
     log.info("stopped")

@@ -10,17 +10,24 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
-from kms_host.app import serve
+from kms_host import cli_dns
+from kms_host.app import check_catalog_settings, serve
+from kms_host.catalog import load_catalog
 from kms_host.config import Config, ConfigOverrides, load_config
 from kms_host.errors import ConfigError, KmsHostError
 from kms_host.logs import configure_logging
 
 __all__ = ["main"]
+
+# Each further subcommand lives in its own module with a ``register(commands)`` function.
+_REGISTRARS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    cli_dns.register,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -61,8 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on, repeatable (default [::]:1688, dual-stack)",
     )
+    run.set_defaults(handler=_serve)
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", type=Path)
+    check.set_defaults(handler=_check_config)
+    for register in _REGISTRARS:
+        register(commands)
     return parser
 
 
@@ -100,7 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     try:
-        load_config(args.file, env={}, overrides=ConfigOverrides())
+        config = load_config(args.file, env={}, overrides=ConfigOverrides())
+        check_catalog_settings(config, load_catalog())
     except ConfigError as exc:
         print(f"{args.file}: {exc.key}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -114,5 +126,5 @@ def _check_config(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``kms-host`` subcommand and return its exit code."""
     args = _parser().parse_args(argv)
-    handlers = {"serve": _serve, "check-config": _check_config}
-    return handlers[args.command](args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)

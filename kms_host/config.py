@@ -25,11 +25,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from kms_host.dns_config import DnsConfig, parse_dns_section
 from kms_host.errors import ConfigError
 
 __all__ = [
     "ENV_CONFIG_FILE",
     "ENV_PREFIX",
+    "ClockConfig",
     "Config",
     "ConfigOverrides",
     "CountingConfig",
@@ -37,6 +39,7 @@ __all__ = [
     "HostConfig",
     "ListenAddress",
     "LogConfig",
+    "MetricsConfig",
     "PolicyConfig",
     "Prefill",
     "ServerConfig",
@@ -318,6 +321,32 @@ class LogConfig:
     """Lowest level written. Default "info"."""
 
 
+def _listen_or_empty(value: object) -> ListenAddress | None:
+    if value in ("", None):
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f'expected "HOST:PORT" or "", not {value!r}')
+    return parse_listen(value)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint."""
+
+    listen: ListenAddress | None = _option(None, _listen_or_empty)  # noqa: RUF009
+    """"HOST:PORT" serving /metrics in the Prometheus text format, e.g. "127.0.0.1:9688".
+    Default "": off."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClockConfig:
+    """``[clock]``: the host's notion of time, for lab scenarios."""
+
+    offset_s: float = _option(0.0, _number(-315_360_000, 315_360_000))
+    """Seconds added to the machine's UTC clock (negative: behind); moves clock-skew checks
+    and the 30-day window. Default 0; at most 10 years either way."""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The effective configuration, resolved once at start."""
@@ -328,23 +357,36 @@ class Config:
     counting: CountingConfig = field(default_factory=CountingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        """The effective settings as JSON-safe data, for the one ``config`` log line."""
+    def as_dict(self) -> dict[str, object]:
+        """The effective settings as JSON-safe data, for the one ``config`` log line.
+
+        Secrets (the TSIG key) are redacted: this line goes to every log collector.
+        """
         return {
-            section.name: {
-                option.name: _jsonable(getattr(getattr(self, section.name), option.name))
-                for option in dataclasses.fields(getattr(self, section.name))
-            }
+            section.name: _jsonable(getattr(self, section.name))
             for section in dataclasses.fields(self)
         }
 
 
+_SECRETS = frozenset({"tsig_secret"})
+
+
 def _jsonable(value: object) -> object:
-    if isinstance(value, enum.Enum):
-        return value.value
     if isinstance(value, ListenAddress | Path):
         return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            option.name: "***"
+            if option.name in _SECRETS and getattr(value, option.name)
+            else _jsonable(getattr(value, option.name))
+            for option in dataclasses.fields(value)
+        }
+    if isinstance(value, enum.Enum):
+        return value.value
     if isinstance(value, tuple):
         return [_jsonable(item) for item in value]
     if isinstance(value, Mapping):
@@ -359,7 +401,13 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "counting": CountingConfig,
     "storage": StorageConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
+    "clock": ClockConfig,
 }
+_STRUCTURED: Mapping[str, Callable[[Mapping[str, object]], Any]] = {
+    "dns": parse_dns_section,
+}
+"""Sections with nested tables, each validated by its own parser; set in the file only."""
 
 
 # --- the loader ------------------------------------------------------------------------------
@@ -384,8 +432,9 @@ def load_config(path: Path | None, *, env: Mapping[str, str], overrides: ConfigO
     if path is None and env.get(ENV_CONFIG_FILE):
         path = Path(env[ENV_CONFIG_FILE])
     raw: _Layer = {}
+    structured: dict[str, Mapping[str, object]] = {}
     if path is not None:
-        raw.update(_file_layer(path))
+        raw.update(_file_layer(path, structured))
     raw.update(_env_layer(env))
     raw.update(_cli_layer(overrides))
     sections: dict[str, Any] = {}
@@ -399,6 +448,8 @@ def load_config(path: Path | None, *, env: Mapping[str, str], overrides: ConfigO
                 except ValueError as exc:
                     raise ConfigError(f"{exc} (from {origin})", f"{name}.{option.name}") from None
         sections[name] = cls(**changes)
+    for name, parse in _STRUCTURED.items():
+        sections[name] = parse(structured.get(name, {}))
     return Config(**sections)
 
 
@@ -418,7 +469,7 @@ def _option_field(section: str, key: str, origin: str) -> dataclasses.Field[Any]
     return options[key]
 
 
-def _file_layer(path: Path) -> _Layer:
+def _file_layer(path: Path, structured: dict[str, Mapping[str, object]]) -> _Layer:
     try:
         with path.open("rb") as file:
             document = tomllib.load(file)
@@ -428,6 +479,9 @@ def _file_layer(path: Path) -> _Layer:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}", "") from exc
     layer: _Layer = {}
     for section, table in document.items():
+        if section in _STRUCTURED and isinstance(table, dict):
+            structured[section] = table
+            continue
         if not isinstance(table, dict):
             if section in _SECTIONS:
                 raise ConfigError(f"expected a [{section}] table (in {path})", section)
@@ -445,6 +499,8 @@ def _env_layer(env: Mapping[str, str]) -> _Layer:
         if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
             continue
         section, _, key = name.removeprefix(ENV_PREFIX).lower().partition("_")
+        if section in _STRUCTURED:
+            raise ConfigError(f"[{section}] is set in the config file only (from {name})", section)
         option = _option_field(section, key, name)
         layer[section, key] = (_env_value(text, option.default), name)
     return layer

@@ -118,6 +118,7 @@ class RunningHost:
     clock: Clock
     logs: list[dict[str, Any]] = field(default_factory=list)
     host: str = "127.0.0.1"
+    dns: tuple[tuple[str, int], ...] = ()
 
     def client(self, **options: Any) -> Any:
         return KmsClient.connect(self.host, self.port, **options)
@@ -151,7 +152,10 @@ async def run_host(
         if task in done:
             task.result()  # raises the start-up error
         assert ready.done(), "the host did not become ready within 10 s"
-        host = RunningHost(port=ready.result().tcp[0][1], data_dir=data, clock=clock, logs=logs)
+        bound = ready.result()
+        host = RunningHost(
+            port=bound.tcp[0][1], data_dir=data, clock=clock, logs=logs, dns=bound.dns
+        )
         try:
             yield host
         finally:
