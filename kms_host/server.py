@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import structlog
 
 from kms_host.config import ListenAddress
+from kms_host.observe import HostObserver, NullObserver
 from kms_host.session import CallHandler, Session, format_peer
 from protocol.rpc import ServerSettings
 
@@ -63,11 +64,13 @@ class KmsServer:
         listen: tuple[ListenAddress, ...],
         handler: CallHandler,
         limits: ServerLimits,
+        observer: HostObserver | None = None,
         assoc_group_seed: Callable[[], int] | None = None,
     ) -> None:
         self._listen = listen
         self._handler = handler
         self._limits = limits
+        self._observer: HostObserver = observer or NullObserver()
         seed = assoc_group_seed() if assoc_group_seed else int.from_bytes(os.urandom(4), "little")
         self._assoc_group = seed
         self._servers: list[asyncio.Server] = []
@@ -108,6 +111,7 @@ class KmsServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._sessions) >= self._limits.max_connections:
+            self._observer.connection_refused()
             log.warning(
                 "connection_refused",
                 reason="max_connections",
@@ -130,14 +134,17 @@ class KmsServer:
             handler=self._handler,
             rpc_settings=settings,
             idle_timeout_s=self._limits.idle_timeout_s,
+            observer=self._observer,
         )
         task = asyncio.current_task()
         assert task is not None
         self._sessions[task] = session
+        self._observer.connection_opened()
         try:
             await session.run()
         finally:
             del self._sessions[task]
+            self._observer.connection_closed()
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let busy calls finish within ``grace_s``, cancel the rest."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from kms_host.clock import Clock
 from kms_host.config import Config
 from kms_host.errors import StorageError
 from kms_host.identity import HostIdentity
+from kms_host.observe import ActivationOutcome, HostObserver, NullObserver
 from kms_host.session import KmsReply
 from kms_host.storage import AppTally, ClientStore, Sighting
 from protocol.errors import NCA_S_FAULT_UNSPEC, KmsError
@@ -42,7 +44,11 @@ from protocol.kms import (
 )
 from protocol.rpc import CallReceived
 
-__all__ = ["ActivationService"]
+__all__ = ["PROBE_CMID", "ActivationService"]
+
+PROBE_CMID = uuid.UUID("00000000-0000-4000-8000-000000001688")
+"""The client machine ID ``kms-host probe`` sends: answered normally, never counted, never
+stored, logged at debug level only (a health check every 30 s must not fill the table)."""
 
 log = structlog.get_logger("kms_host.activation")
 
@@ -77,6 +83,7 @@ class ActivationService:
         identity: HostIdentity,
         store: ClientStore,
         clock: Clock,
+        observer: HostObserver | None = None,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._config = config
@@ -86,6 +93,7 @@ class ActivationService:
         self._store = store
         self._clock = clock
         self._rng = rng
+        self._observer: HostObserver = observer or NullObserver()
         self._window = timedelta(days=config.counting.window_days)
         self._counts: dict[str, int] = {}
 
@@ -98,6 +106,7 @@ class ActivationService:
         """Load the current counts so the first change is reported against them."""
         tallies = await self._store.tallies(since=self._clock.now() - self._window)
         self._counts = {app: self._current(tally) for app, tally in tallies.items()}
+        self._observer.counts(dict(sorted(self._counts.items())))
 
     def _current(self, tally: AppTally) -> int:
         return reported_count(tally, required=0, counting=self._config.counting)
@@ -109,6 +118,7 @@ class ActivationService:
         try:
             opened = open_request(call.kms_message, verify_v4_mac=self._config.policy.verify_v4_mac)
         except KmsError as exc:
+            protocol = _peek(call.kms_message)
             log.warning(
                 "activation",
                 **base,
@@ -116,8 +126,16 @@ class ActivationService:
                 result="malformed",
                 reason=type(exc).__name__,
                 detail=str(exc),
-                protocol=_peek(call.kms_message),
+                protocol=protocol,
                 latency_ms=_ms(started),
+            )
+            self._observe(
+                started,
+                protocol=protocol,
+                app=None,
+                group=None,
+                hresult=exc.hresult,
+                result="malformed",
             )
             return KmsReply(hresult=exc.hresult)
         return await self._decide(opened, base, started)
@@ -151,19 +169,40 @@ class ActivationService:
             counted=refusal is None,
         )
         fields = {**base, **self._event_fields(opened, assessment)}
+        group = assessment.group.key if assessment.group else None
+        probe = request.client_machine_id == PROBE_CMID
         try:
-            tally = await self._store.record(sighting, since=now - self._window)
+            if probe:
+                tally = await self._store.tally(assessment.app, since=now - self._window)
+            else:
+                tally = await self._store.record(sighting, since=now - self._window)
         except StorageError as exc:
             log.error("activation", **fields, result="storage_failed", detail=str(exc))
+            self._observe(
+                started,
+                protocol=fields["protocol"],
+                app=assessment.app,
+                group=group,
+                hresult=NCA_S_FAULT_UNSPEC,
+                result="storage_failed",
+            )
             return KmsReply(fault_status=NCA_S_FAULT_UNSPEC)
         if refusal is not None:
-            log.warning(
+            (log.debug if probe else log.warning)(
                 "activation",
                 **fields,
                 hresult=_hex(refusal.hresult),
                 result="refused",
                 reason=refusal.reason,
                 latency_ms=_ms(started),
+            )
+            self._observe(
+                started,
+                protocol=fields["protocol"],
+                app=assessment.app,
+                group=group,
+                hresult=refusal.hresult,
+                result="probe" if probe else "refused",
             )
             return KmsReply(hresult=refusal.hresult)
         count = reported_count(
@@ -180,17 +219,51 @@ class ActivationService:
             renewal_interval_min=self._config.host.renewal_interval_min,
         )
         message = seal_response(opened, response, hwid=self._identity.hwid, rng=self._rng)
-        log.info(
+        result = "probe" if probe else "activated"
+        (log.debug if probe else log.info)(
             "activation",
             **fields,
             hresult=_hex(0),
-            result="activated",
+            result=result,
             count=count,
             epid=epid,
             latency_ms=_ms(started),
         )
-        self._note_count(assessment.app, tally)
+        self._observe(
+            started,
+            protocol=fields["protocol"],
+            app=assessment.app,
+            group=group,
+            hresult=0,
+            result=result,
+            count=count,
+        )
+        if not probe:
+            self._note_count(assessment.app, tally)
         return KmsReply(message=message)
+
+    def _observe(
+        self,
+        started: float,
+        *,
+        protocol: str | None,
+        app: str | None,
+        group: str | None,
+        hresult: int,
+        result: str,
+        count: int | None = None,
+    ) -> None:
+        self._observer.activation(
+            ActivationOutcome(
+                protocol=protocol,
+                app=app,
+                host_key_group=group,
+                hresult=hresult,
+                result=result,
+                latency_s=time.perf_counter() - started,
+                count=count,
+            )
+        )
 
     def _epid(self, assessment: Assessment) -> str:
         if assessment.group is not None:
@@ -201,7 +274,9 @@ class ActivationService:
         current = self._current(tally)
         if self._counts.get(app) != current:
             self._counts[app] = current
-            log.info("counts", counts=dict(sorted(self._counts.items())), changed=app)
+            counts = dict(sorted(self._counts.items()))
+            log.info("counts", counts=counts, changed=app)
+            self._observer.counts(counts)
 
     def _event_fields(self, opened: OpenedRequest, assessment: Assessment) -> dict[str, Any]:
         request = opened.request

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from kms_host.observe import HostObserver
 from protocol.rpc import (
     BindCompleted,
     CallReceived,
@@ -74,12 +75,14 @@ class Session:
         handler: CallHandler,
         rpc_settings: ServerSettings,
         idle_timeout_s: float,
+        observer: HostObserver,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._handler = handler
         self._rpc = RpcServerConnection(rpc_settings)
         self._idle_timeout_s = idle_timeout_s
+        self._observer = observer
         self.peer = format_peer(writer.get_extra_info("peername"))
         self.conn_id = next(_conn_ids)
         self.busy = False
@@ -137,6 +140,7 @@ class Session:
                     btfn=event.btfn,
                 )
             elif isinstance(event, ProtocolViolation):
+                self._observer.protocol_violation(type(event.error).__name__)
                 self._log.warning(
                     "protocol_violation",
                     reason=str(event.error),
