@@ -77,6 +77,15 @@ def check_catalog_settings(config: Config, catalog: Catalog) -> frozenset[str]:
     for key in config.host.epid:
         if catalog.host_key_group(key) is None:
             raise ConfigError(f"unknown host-key group {key!r}", key=f"host.epid.{key}")
+    # A host key cannot be installed on a host OS older than its product (spec 6.2).
+    for key in sorted(scope):
+        group = catalog.host_key_group(key)
+        if group and group.min_host_build and group.min_host_build > config.host.build:
+            raise ConfigError(
+                f"the {key} host key needs a host build of at least {group.min_host_build};"
+                " raise host.build or narrow host.scope",
+                key="host.build",
+            )
     return scope
 
 

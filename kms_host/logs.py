@@ -17,7 +17,7 @@ from datetime import date
 from typing import TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
 
 __all__ = ["FORMATS", "LEVELS", "configure_logging"]
 
@@ -45,6 +45,14 @@ def _json_default(value: object) -> str:
     return value.isoformat() if isinstance(value, date) else str(value)
 
 
+def _leading_keys(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
+    """Put ``timestamp``, ``level`` and ``event`` first, so a JSON line reads like a log line."""
+    head = {
+        key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict
+    }
+    return {**head, **event_dict}
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging to ``stream`` (default stdout) at ``level``.
 
@@ -62,7 +70,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     ]
     # ConsoleRenderer lays out exc_info itself and warns if it was formatted before it.
     final: list[Processor] = (
-        [_DICT_TRACEBACKS, structlog.processors.JSONRenderer(default=_json_default)]
+        [_DICT_TRACEBACKS, _leading_keys, structlog.processors.JSONRenderer(default=_json_default)]
         if as_json
         else [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     )
