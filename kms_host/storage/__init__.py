@@ -90,6 +90,8 @@ class ClientRecord:
     last_activated: datetime | None
     """The last counted activation; None if this client was only ever refused."""
     request_count: int
+    synthetic: bool
+    """Made by ``kms-host clients seed`` (threshold tests), not by a request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,29 @@ class ClientStore(Protocol):
 
     async def stats(self) -> RequestStats:
         """The cumulative request counters."""
+        ...
+
+    async def sizes(self) -> dict[str, int]:
+        """Rows per application, live or not: the table's size, for metrics and ``status``."""
+        ...
+
+    async def seed(self, template: Sighting, count: int) -> list[uuid.UUID]:
+        """Add ``count`` synthetic clients of ``template.app``; returns their CMIDs.
+
+        Threshold tests need a host that already has N clients (issue 5) without sending N
+        requests. Each row copies ``template`` except for a random CMID and the machine name
+        ``seed-NNNN`` (numbered on from the app's synthetic rows); it counts like an
+        activation at ``template.seen_at`` and is marked ``synthetic``, so listings tell it
+        apart and ``forget``/``reset`` remove it. The request counters stay: nothing was asked.
+        """
+        ...
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another process changed the table since the previous call.
+
+        ``kms-host clients forget/reset/seed`` write beside the running daemon; the daemon
+        asks this (at no I/O cost) to know when the counts it caches must be reloaded.
+        """
         ...
 
     async def close(self) -> None:

@@ -10,7 +10,8 @@ Theory of operation:
   daemon runs. WAL lets readers and the one writer proceed together; every write
   transaction starts with ``BEGIN IMMEDIATE``, so it takes the write lock up front and waits
   up to the busy timeout for it, instead of failing halfway when a read lock cannot be
-  upgraded.
+  upgraded. After every job the worker reads ``PRAGMA data_version``, which moves only when
+  another connection committed: that is :meth:`changed_elsewhere`, at no extra round trip.
 * Durability. :meth:`record` commits before it returns, and the daemon answers only then:
   with ``synchronous = FULL`` an acknowledged activation survives power loss, with
   ``NORMAL`` (in WAL mode) a crash of the daemon.
@@ -149,7 +150,12 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_initial,)
+def _v2_synthetic(conn: sqlite3.Connection) -> None:
+    """Mark the rows ``kms-host clients seed`` makes, so listings tell them from machines."""
+    conn.execute("ALTER TABLE clients ADD COLUMN synthetic INTEGER NOT NULL DEFAULT 0")
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_initial, _v2_synthetic)
 """Applied in order; ``PRAGMA user_version`` counts those applied. Only ever append."""
 
 
@@ -246,7 +252,7 @@ _APPS_SINCE = "SELECT DISTINCT app FROM activations_by_hour WHERE hour >= ? AND 
 _CLIENTS = """
 SELECT app, cmid, machine_name, sku_id, kms_id, license_status, is_vm, required_client_count,
     protocol_version, last_peer, last_hresult, first_seen_us, last_seen_us, last_activated_us,
-    request_count
+    request_count, synthetic
 FROM clients
 WHERE (:app IS NULL OR app = :app) AND (:since_us IS NULL OR last_seen_us >= :since_us)
 ORDER BY last_seen_us DESC, app, cmid
@@ -319,6 +325,7 @@ def _clients(
             last_seen=_moment(row[12]),
             last_activated=None if row[13] is None else _moment(row[13]),
             request_count=row[14],
+            synthetic=bool(row[15]),
         )
         for row in conn.execute(_CLIENTS, params)
     ]
@@ -332,6 +339,47 @@ def _forget(conn: sqlite3.Connection, cmid: uuid.UUID) -> int:
 def _reset(conn: sqlite3.Connection, app: str | None) -> int:
     with _transaction(conn):
         return conn.execute("DELETE FROM clients WHERE ? IS NULL OR app = ?", (app, app)).rowcount
+
+
+_INSERT_SYNTHETIC = """
+INSERT INTO clients (app, cmid, machine_name, sku_id, kms_id, license_status, is_vm,
+    required_client_count, protocol_version, last_peer, last_hresult, first_seen_us,
+    last_seen_us, last_activated_us, activated_required_count, request_count, synthetic)
+VALUES (:app, :cmid, :machine_name, :sku_id, :kms_id, :license_status, :is_vm,
+    :required_client_count, :protocol_version, :peer, 0, :seen_us,
+    :seen_us, :seen_us, :required_client_count, 0, 1)
+"""
+
+
+def _seed(conn: sqlite3.Connection, template: Sighting, count: int) -> list[uuid.UUID]:
+    common = {
+        "app": template.app,
+        "sku_id": str(template.sku_id),
+        "kms_id": str(template.kms_id),
+        "license_status": template.license_status,
+        "is_vm": template.is_vm,
+        "required_client_count": template.required_client_count,
+        "protocol_version": template.protocol_version,
+        "peer": template.peer,
+        "seen_us": _micros(template.seen_at),
+    }
+    cmids = [uuid.uuid4() for _ in range(count)]
+    with _transaction(conn):
+        (existing,) = conn.execute(
+            "SELECT count(*) FROM clients WHERE app = ? AND synthetic", (template.app,)
+        ).fetchone()
+        conn.executemany(
+            _INSERT_SYNTHETIC,
+            (
+                {**common, "cmid": str(cmid), "machine_name": f"seed-{existing + n:04}"}
+                for n, cmid in enumerate(cmids, start=1)
+            ),
+        )
+    return cmids
+
+
+def _sizes(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT app, count(*) FROM clients GROUP BY app").fetchall())
 
 
 def _stats(conn: sqlite3.Connection) -> RequestStats:
@@ -359,6 +407,8 @@ class SqliteClientStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kms-host-sqlite")
         self._conn: sqlite3.Connection | None = None  # touched in the worker thread only
         self._closed = False
+        self._data_version: int | None = None  # worker thread only
+        self._changed_elsewhere = False
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SqliteClientStore:
@@ -382,9 +432,18 @@ class SqliteClientStore:
         try:
             if self._conn is None:
                 self._conn = _connect(self._path, self._synchronous)
-            return job(self._conn, *args)
+            result = job(self._conn, *args)
+            self._note_data_version(self._conn)
+            return result
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"{self._path}: {exc}") from exc
+
+    def _note_data_version(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA data_version`` moves only when *another* connection commits (SQLite docs)."""
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        if self._data_version is not None and version != self._data_version:
+            self._changed_elsewhere = True  # read on the event loop after this job's future
+        self._data_version = version
 
     def _close_in_thread(self) -> None:
         if self._conn is not None:
@@ -413,6 +472,16 @@ class SqliteClientStore:
 
     async def stats(self) -> RequestStats:
         return await self._submit(_stats)
+
+    async def seed(self, template: Sighting, count: int) -> list[uuid.UUID]:
+        return await self._submit(_seed, template, count)
+
+    async def sizes(self) -> dict[str, int]:
+        return await self._submit(_sizes)
+
+    def changed_elsewhere(self) -> bool:
+        changed, self._changed_elsewhere = self._changed_elsewhere, False
+        return changed
 
     async def close(self) -> None:
         if self._closed:

@@ -1,0 +1,119 @@
+"""What ``kms-host clients`` and the metrics need from the client table (issue 4).
+
+Synthetic clients (``seed``), the table's size, and telling the daemon that another process
+wrote (``changed_elsewhere``); each on a real SQLite file, two stores sharing it where the
+point is another process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from kms_host.storage import DATABASE_FILE, AppTally, ClientStore, Sighting, open_store
+from kms_host.storage.sqlite import _v1_initial
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+TEMPLATE = Sighting(
+    app="windows",
+    cmid=uuid.UUID(int=0),
+    machine_name="",
+    sku_id=uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588"),
+    kms_id=uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148"),
+    license_status=1,
+    is_vm=False,
+    required_client_count=25,
+    protocol_version="6.0",
+    peer="seed",
+    hresult=0,
+    seen_at=T0,
+    counted=True,
+)
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ClientStore]:
+    opened = await open_store(tmp_path)
+    yield opened
+    await opened.close()
+
+
+@pytest.mark.asyncio
+async def test_seed_adds_counted_synthetic_clients_numbered_per_app(store: ClientStore) -> None:
+    first = await store.seed(TEMPLATE, 3)
+    second = await store.seed(TEMPLATE, 2)
+    await store.seed(dataclasses.replace(TEMPLATE, app="office", required_client_count=5), 1)
+    assert len(set(first + second)) == 5
+    rows = await store.clients(app="windows")
+    assert sorted(r.machine_name for r in rows) == [f"seed-{n:04}" for n in range(1, 6)]
+    assert all(r.synthetic and r.last_activated == T0 and r.request_count == 0 for r in rows)
+    assert {r.cmid for r in rows} == set(first + second)
+    assert [r.machine_name for r in await store.clients(app="office")] == ["seed-0001"]
+    assert await store.tally("windows", since=T0 - timedelta(days=30)) == AppTally(5, 25)
+    assert (await store.stats()).total == 0  # nothing was asked
+    assert await store.sizes() == {"windows": 5, "office": 1}
+
+    assert await store.forget(first[0]) == 1
+    assert await store.reset("windows") == 4
+    assert await store.sizes() == {"office": 1}
+
+
+@pytest.mark.asyncio
+async def test_real_clients_are_not_synthetic_and_refused_ones_are_rows(
+    store: ClientStore,
+) -> None:
+    real = dataclasses.replace(TEMPLATE, cmid=uuid.uuid4(), machine_name="pc1")
+    await store.record(real, since=T0)
+    await store.record(
+        dataclasses.replace(real, cmid=uuid.uuid4(), hresult=0xC004F042, counted=False),
+        since=T0,
+    )
+    assert [r.synthetic for r in await store.clients()] == [False, False]
+    assert await store.sizes() == {"windows": 2}
+
+
+@pytest.mark.asyncio
+async def test_changed_elsewhere_sees_only_other_connections(tmp_path: Path) -> None:
+    daemon, cli = await open_store(tmp_path), await open_store(tmp_path)
+    try:
+        await daemon.record(dataclasses.replace(TEMPLATE, cmid=uuid.uuid4()), since=T0)
+        assert not daemon.changed_elsewhere()  # its own write
+        await cli.seed(TEMPLATE, 2)
+        await daemon.record(dataclasses.replace(TEMPLATE, cmid=uuid.uuid4()), since=T0)
+        assert daemon.changed_elsewhere()
+        assert not daemon.changed_elsewhere()  # reported once
+        await cli.stats()  # a read changes nothing
+        await daemon.tally("windows", since=T0)
+        assert not daemon.changed_elsewhere()
+        assert await cli.reset("windows") == 4
+        await daemon.tally("windows", since=T0)
+        assert daemon.changed_elsewhere()
+    finally:
+        await cli.close()
+        await daemon.close()
+
+
+@pytest.mark.asyncio
+async def test_a_version_1_table_gains_the_synthetic_column(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / DATABASE_FILE, isolation_level=None) as conn:
+        _v1_initial(conn)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO clients VALUES ('windows', ?, 'old', ?, ?, 1, 0, 25, '6.0', 'p', 0,"
+            " 0, 0, 0, 25, 1)",
+            (str(uuid.uuid4()), str(TEMPLATE.sku_id), str(TEMPLATE.kms_id)),
+        )
+    conn.close()
+    store = await open_store(tmp_path)
+    try:
+        [row] = await store.clients()
+    finally:
+        await store.close()
+    assert (row.machine_name, row.synthetic) == ("old", False)
