@@ -3,20 +3,23 @@
 ``serve()`` takes an optional ``shutdown_trigger`` (hypercorn's pattern, architecture 4.8):
 the CLI passes none and gets SIGTERM/SIGINT handling; tests pass an event's ``wait`` and
 read the bound ports from ``on_ready``. Parts start in dependency order inside one exit
-stack, so they stop in reverse: DNS (withdrawing a published record), then the KMS listener
-(stop accepting, let calls in flight finish within ``server.shutdown_grace_s``, cancel the
-rest), then storage. A second signal forces the exit.
+stack, so they stop in reverse: the ``runtime.json`` marker, DNS (withdrawing a published
+record), then the KMS listener (stop accepting, let calls in flight finish within
+``server.shutdown_grace_s``, cancel the rest), the metrics endpoint (still scraped while the
+listener drains), then storage. A second signal forces the exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,11 +32,14 @@ from kms_host.dns_publish import run_publisher
 from kms_host.dns_server import serve_dns
 from kms_host.errors import ConfigError
 from kms_host.identity import load_identity
+from kms_host.metrics import serve_metrics
+from kms_host.observe import HostObserver
+from kms_host.scenario import ScenarioBook
 from kms_host.server import KmsServer, ServerLimits
 from kms_host.service import ActivationService
 from kms_host.storage import open_store
 
-__all__ = ["BoundAddresses", "check_catalog_settings", "serve"]
+__all__ = ["RUNTIME_FILE", "BoundAddresses", "check_catalog_settings", "serve"]
 
 log = structlog.get_logger("kms_host.app")
 
@@ -44,6 +50,30 @@ class BoundAddresses:
 
     tcp: tuple[tuple[str, int], ...]
     dns: tuple[tuple[str, int], ...] = ()
+    metrics: tuple[tuple[str, int], ...] = ()
+
+
+RUNTIME_FILE = "runtime.json"
+"""Written into the data dir once every socket is bound and removed on a clean stop, so that
+``kms-host status`` (which reads the data dir, not the daemon) can say where the daemon
+listens and whether it runs (its ``pid``)."""
+
+
+@contextlib.contextmanager
+def _runtime_file(data_dir: Path, bound: BoundAddresses, started: datetime) -> Iterator[None]:
+    path = data_dir / RUNTIME_FILE
+    document = {
+        "pid": os.getpid(),
+        "started_at": started.isoformat(),
+        **{kind: [_format(a) for a in getattr(bound, kind)] for kind in ("tcp", "dns", "metrics")},
+    }
+    tmp = path.with_name(RUNTIME_FILE + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 ShutdownTrigger = Callable[[], Awaitable[object]]
@@ -96,11 +126,12 @@ def _format(address: tuple[str, int]) -> str:
 
 @contextlib.asynccontextmanager
 async def _kms_listener(
-    config: Config, service: ActivationService
+    config: Config, service: ActivationService, observer: HostObserver
 ) -> AsyncIterator[list[tuple[str, int]]]:
     server = KmsServer(
         listen=config.server.listen,
         handler=service.handle,
+        observer=observer,
         limits=ServerLimits(
             idle_timeout_s=config.server.idle_timeout_s,
             max_connections=config.server.max_connections,
@@ -169,10 +200,19 @@ async def serve(
     shutdown_trigger: ShutdownTrigger | None = None,
     on_ready: Callable[[BoundAddresses], None] | None = None,
     clock: Clock | None = None,
+    scenarios: ScenarioBook | None = None,
 ) -> None:
-    """Run the host until the trigger fires (or a signal arrives)."""
+    """Run the host until the trigger fires (or a signal arrives).
+
+    ``scenarios`` lets a caller (the pytest plugin) keep a handle on the rules to change
+    them at run time; without a trigger, SIGHUP re-reads them from ``config.source``.
+    """
     clock = clock or Clock(timedelta(seconds=config.clock.offset_s))
+    scenarios = scenarios or ScenarioBook(config.scenario)
     trigger = shutdown_trigger or _signal_trigger()
+    if shutdown_trigger is None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, scenarios.reload, config.source)
     log.info("config", **config.as_dict())
     catalog = load_catalog()
     scope = check_catalog_settings(config, catalog)
@@ -186,6 +226,9 @@ async def serve(
             today=clock.now().date(),
             rng=os.urandom,
         )
+        metrics = await stack.enter_async_context(
+            serve_metrics(config.metrics.listen, catalog=catalog, store=store)
+        )
         service = ActivationService(
             config=config,
             catalog=catalog,
@@ -193,10 +236,14 @@ async def serve(
             identity=identity,
             store=store,
             clock=clock,
+            observer=metrics.observer,
+            scenarios=scenarios,
         )
         await service.start()
-        bound = await stack.enter_async_context(_kms_listener(config, service))
+        bound = await stack.enter_async_context(_kms_listener(config, service, metrics.observer))
         dns_bound = await stack.enter_async_context(_dns(config, bound))
+        addresses = BoundAddresses(tcp=tuple(bound), dns=tuple(dns_bound), metrics=metrics.bound)
+        stack.enter_context(_runtime_file(config.storage.data_dir, addresses, clock.now()))
         log.info(
             "listening",
             addresses=[_format(address) for address in bound],
@@ -204,8 +251,9 @@ async def serve(
             scope=sorted(scope),
             counting_mode=config.counting.mode.value,
             counts=service.counts,
+            metrics=[_format(address) for address in metrics.bound],
         )
         if on_ready is not None:
-            on_ready(BoundAddresses(tcp=tuple(bound), dns=tuple(dns_bound)))
+            on_ready(addresses)
         await trigger()
     log.info("stopped")

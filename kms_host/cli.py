@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from kms_host import cli_dns
+from kms_host import cli_activate, cli_dns, cli_probe, cli_views
 from kms_host.app import check_catalog_settings, serve
 from kms_host.catalog import load_catalog
 from kms_host.config import Config, ConfigOverrides, load_config
@@ -27,6 +27,9 @@ __all__ = ["main"]
 # Each further subcommand lives in its own module with a ``register(commands)`` function.
 _REGISTRARS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     cli_dns.register,
+    cli_activate.register,
+    cli_views.register,
+    cli_probe.register,
 )
 
 EXIT_OK = 0

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from kms_host.dns_config import DnsConfig, parse_dns_section
 from kms_host.errors import ConfigError
+from kms_host.scenario import ScenarioRule, parse_scenarios
 
 __all__ = [
     "ENV_CONFIG_FILE",
@@ -360,16 +361,24 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    scenario: tuple[ScenarioRule, ...] = ()
+    """``[[scenario]]`` rules (:mod:`kms_host.scenario`), first match wins; SIGHUP reloads them."""
+    source: Path | None = field(default=None, compare=False)
+    """The file these settings came from (SIGHUP re-reads its rules); not itself a setting."""
 
     def as_dict(self) -> dict[str, object]:
         """The effective settings as JSON-safe data, for the one ``config`` log line.
 
         Secrets (the TSIG key) are redacted: this line goes to every log collector.
         """
-        return {
+        settings: dict[str, object] = {
             section.name: _jsonable(getattr(self, section.name))
             for section in dataclasses.fields(self)
+            if section.name not in ("scenario", "source")
         }
+        if self.scenario:  # a list of rules, unlike the sections: shown only when there are any
+            settings["scenario"] = _jsonable(self.scenario)
+        return settings
 
 
 _SECRETS = frozenset({"tsig_secret"})
@@ -404,10 +413,13 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "metrics": MetricsConfig,
     "clock": ClockConfig,
 }
-_STRUCTURED: Mapping[str, Callable[[Mapping[str, object]], Any]] = {
+_STRUCTURED: Mapping[str, Callable[[Any], Any]] = {
     "dns": parse_dns_section,
+    "scenario": parse_scenarios,
 }
 """Sections with nested tables, each validated by its own parser; set in the file only."""
+_ARRAYS = frozenset({"scenario"})
+"""Structured sections written as arrays of tables (``[[scenario]]``); their parser checks."""
 
 
 # --- the loader ------------------------------------------------------------------------------
@@ -432,7 +444,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str], overrides: ConfigO
     if path is None and env.get(ENV_CONFIG_FILE):
         path = Path(env[ENV_CONFIG_FILE])
     raw: _Layer = {}
-    structured: dict[str, Mapping[str, object]] = {}
+    structured: dict[str, object] = {}
     if path is not None:
         raw.update(_file_layer(path, structured))
     raw.update(_env_layer(env))
@@ -449,8 +461,8 @@ def load_config(path: Path | None, *, env: Mapping[str, str], overrides: ConfigO
                     raise ConfigError(f"{exc} (from {origin})", f"{name}.{option.name}") from None
         sections[name] = cls(**changes)
     for name, parse in _STRUCTURED.items():
-        sections[name] = parse(structured.get(name, {}))
-    return Config(**sections)
+        sections[name] = parse(structured.get(name, [] if name in _ARRAYS else {}))
+    return Config(**sections, source=path)
 
 
 def _check_section(section: str, origin: str, key: str) -> None:
@@ -469,7 +481,7 @@ def _option_field(section: str, key: str, origin: str) -> dataclasses.Field[Any]
     return options[key]
 
 
-def _file_layer(path: Path, structured: dict[str, Mapping[str, object]]) -> _Layer:
+def _file_layer(path: Path, structured: dict[str, object]) -> _Layer:
     try:
         with path.open("rb") as file:
             document = tomllib.load(file)
@@ -479,7 +491,7 @@ def _file_layer(path: Path, structured: dict[str, Mapping[str, object]]) -> _Lay
         raise ConfigError(f"config file {path} is not valid TOML: {exc}", "") from exc
     layer: _Layer = {}
     for section, table in document.items():
-        if section in _STRUCTURED and isinstance(table, dict):
+        if section in _ARRAYS or (section in _STRUCTURED and isinstance(table, dict)):
             structured[section] = table
             continue
         if not isinstance(table, dict):

@@ -25,7 +25,8 @@ class ActivationOutcome:
     host_key_group: str | None
     hresult: int
     result: str
-    """"activated", "refused", "malformed", "storage_failed" or "probe"."""
+    """"activated", "refused", "malformed", "storage_failed", "probe", or a scenario rule's
+    "dropped" (closed without an answer) or "faulted" (answered with an RPC fault)."""
     latency_s: float
     count: int | None
     """The count answered, for activations."""

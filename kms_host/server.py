@@ -141,7 +141,10 @@ class KmsServer:
         self._sessions[task] = session
         self._observer.connection_opened()
         try:
-            await session.run()
+            # stop() cancels idle sessions; ending this callback task normally keeps Python
+            # 3.11's stream machinery from logging that cancellation as an error.
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.run()
         finally:
             del self._sessions[task]
             self._observer.connection_closed()

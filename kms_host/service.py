@@ -13,22 +13,24 @@ any application's count yields one ``counts`` event.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
-from kms_host.activation import Assessment, assess, reported_count
+from kms_host.activation import Assessment, Refusal, assess, reported_count
 from kms_host.catalog import Catalog
 from kms_host.clock import Clock
 from kms_host.config import Config
 from kms_host.errors import StorageError
 from kms_host.identity import HostIdentity
 from kms_host.observe import ActivationOutcome, HostObserver, NullObserver
+from kms_host.scenario import ScenarioBook, ScenarioRule, Subject, corrupt, log_fields
 from kms_host.session import KmsReply
 from kms_host.storage import AppTally, ClientStore, Sighting
 from protocol.errors import NCA_S_FAULT_UNSPEC, KmsError
@@ -84,6 +86,7 @@ class ActivationService:
         store: ClientStore,
         clock: Clock,
         observer: HostObserver | None = None,
+        scenarios: ScenarioBook | None = None,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._config = config
@@ -94,19 +97,30 @@ class ActivationService:
         self._clock = clock
         self._rng = rng
         self._observer: HostObserver = observer or NullObserver()
+        self._scenarios = scenarios or ScenarioBook()
         self._window = timedelta(days=config.counting.window_days)
         self._counts: dict[str, int] = {}
 
     @property
     def counts(self) -> dict[str, int]:
-        """The current count of every application seen so far."""
+        """The current count of every catalog application and of any other seen so far."""
         return dict(self._counts)
 
     async def start(self) -> None:
-        """Load the current counts so the first change is reported against them."""
+        """Load the current counts so the first change is reported against them.
+
+        Every catalog application gets one, even without clients, so that a metrics gauge
+        exists from the start (0, or the fixed/saturated count such a host reports).
+        """
         tallies = await self._store.tallies(since=self._clock.now() - self._window)
-        self._counts = {app: self._current(tally) for app, tally in tallies.items()}
+        apps = [app.key for app in self._catalog.applications.values()]
+        self._counts = self._counts_from(apps, tallies)
         self._observer.counts(dict(sorted(self._counts.items())))
+
+    def _counts_from(self, apps: Iterable[str], tallies: dict[str, AppTally]) -> dict[str, int]:
+        """Each of ``apps`` at no live client, then the apps of ``tallies`` as tallied."""
+        empty = self._current(AppTally(live_clients=0, max_required_count=0))
+        return dict.fromkeys(apps, empty) | {app: self._current(t) for app, t in tallies.items()}
 
     def _current(self, tally: AppTally) -> int:
         return reported_count(tally, required=0, counting=self._config.counting)
@@ -153,6 +167,12 @@ class ActivationService:
             now_filetime=datetime_to_filetime(now),
         )
         refusal = assessment.refusal
+        probe = request.client_machine_id == PROBE_CMID
+        rule = self._scenarios.select(_subject(opened, assessment, base["peer"], probe=probe))
+        if rule is not None:
+            await asyncio.sleep(rule.delay_ms / 1000)
+            if rule.hresult is not None:
+                refusal = Refusal(rule.hresult, "scenario")
         sighting = Sighting(
             app=assessment.app,
             cmid=request.client_machine_id,
@@ -168,9 +188,10 @@ class ActivationService:
             seen_at=now,
             counted=refusal is None,
         )
-        fields = {**base, **self._event_fields(opened, assessment)}
+        fields = {**base, **self._event_fields(opened, assessment), **log_fields(rule)}
         group = assessment.group.key if assessment.group else None
-        probe = request.client_machine_id == PROBE_CMID
+        if rule is not None and (rule.close or rule.rpc_fault is not None):
+            return self._unanswered(rule, fields, started, app=assessment.app, group=group)
         try:
             if probe:
                 tally = await self._store.tally(assessment.app, since=now - self._window)
@@ -208,6 +229,8 @@ class ActivationService:
         count = reported_count(
             tally, required=request.required_client_count, counting=self._config.counting
         )
+        if rule is not None and rule.count is not None:
+            count = rule.count
         epid = self._epid(assessment)
         response = KmsResponse(
             version=request.version,
@@ -219,6 +242,8 @@ class ActivationService:
             renewal_interval_min=self._config.host.renewal_interval_min,
         )
         message = seal_response(opened, response, hwid=self._identity.hwid, rng=self._rng)
+        if rule is not None and rule.corrupt:
+            message = corrupt(message, request.version, epid)
         result = "probe" if probe else "activated"
         (log.debug if probe else log.info)(
             "activation",
@@ -239,8 +264,40 @@ class ActivationService:
             count=count,
         )
         if not probe:
-            self._note_count(assessment.app, tally)
+            await self._note_count(assessment.app, tally, since=now - self._window)
         return KmsReply(message=message)
+
+    def _unanswered(
+        self,
+        rule: ScenarioRule,
+        fields: dict[str, Any],
+        started: float,
+        *,
+        app: str,
+        group: str | None,
+    ) -> KmsReply:
+        """A ``close`` or ``rpc_fault`` rule: answer before the table, recording nothing."""
+        if rule.rpc_fault is not None:
+            result, reply = "faulted", KmsReply(fault_status=rule.rpc_fault)
+            log.warning(
+                "activation",
+                **fields,
+                result=result,
+                fault_status=_hex(rule.rpc_fault),
+                latency_ms=_ms(started),
+            )
+        else:
+            result, reply = "dropped", KmsReply(close=True)
+            log.warning("activation", **fields, result=result, latency_ms=_ms(started))
+        self._observe(
+            started,
+            protocol=fields["protocol"],
+            app=app,
+            group=group,
+            hresult=rule.rpc_fault or 0,
+            result=result,
+        )
+        return reply
 
     def _observe(
         self,
@@ -270,13 +327,23 @@ class ActivationService:
             return self._identity.epid_for(assessment.group)
         return self._identity.epids[self._catalog.fallback_group(self._scope).key]
 
-    def _note_count(self, app: str, tally: AppTally) -> None:
-        current = self._current(tally)
-        if self._counts.get(app) != current:
-            self._counts[app] = current
-            counts = dict(sorted(self._counts.items()))
-            log.info("counts", counts=counts, changed=app)
-            self._observer.counts(counts)
+    async def _note_count(self, app: str, tally: AppTally, *, since: datetime) -> None:
+        counts = dict(self._counts)
+        if self._store.changed_elsewhere():
+            # ``kms-host clients forget/reset/seed`` wrote beside us: every cached count may be
+            # stale, not only this app's. One reload, only after such a write.
+            try:
+                tallies = await self._store.tallies(since=since)
+            except StorageError as exc:
+                log.warning("counts_reload_failed", detail=str(exc))
+            else:
+                counts = self._counts_from(counts, tallies)
+        counts[app] = self._current(tally)
+        if counts != self._counts:
+            self._counts = counts
+            ordered = dict(sorted(counts.items()))
+            log.info("counts", counts=ordered, changed=app)
+            self._observer.counts(ordered)
 
     def _event_fields(self, opened: OpenedRequest, assessment: Assessment) -> dict[str, Any]:
         request = opened.request
@@ -299,6 +366,21 @@ class ActivationService:
             "protocol": f"{request.version.value}.0",
             "notes": list(assessment.notes),
         }
+
+
+def _subject(opened: OpenedRequest, assessment: Assessment, peer: str, *, probe: bool) -> Subject:
+    request = opened.request
+    return Subject(
+        cmid=request.client_machine_id,
+        machine_name=request.machine_name,
+        app=assessment.app,
+        application_id=request.application_id,
+        kms_id=request.kms_counted_id,
+        sku=request.sku_id,
+        peer=peer,
+        protocol=request.version.value,
+        probe=probe,
+    )
 
 
 def _ms(started: float) -> float:

@@ -64,4 +64,5 @@ def test_json_lines_lead_with_time_level_and_event() -> None:
         structlog.reset_defaults()
     line = json.loads(stream.getvalue())
     assert list(line)[:3] == ["timestamp", "level", "event"]
-    assert line["event"] == "activation" and line["count"] == 25
+    assert line["event"] == "activation"
+    assert line["count"] == 25

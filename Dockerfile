@@ -1,0 +1,43 @@
+# kms-host: a simulated Microsoft KMS host for labs and CI.
+#
+#   docker build -t kms-host .
+#   docker run -d --name kms-host -p 1688:1688 -v kms-host-data:/data kms-host
+#
+# Configuration is KMS_HOST_<SECTION>_<KEY> environment variables (or a TOML file named by
+# KMS_HOST_CONFIG). tests/test_container.py repeats the install and start steps below in a
+# fresh virtual environment, so keep them plain.
+
+# --- build: install the package and its dependencies into a self-contained venv -----------
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protocol/ protocol/
+COPY kms_host/ kms_host/
+RUN python -m venv /opt/kms-host \
+    && /opt/kms-host/bin/pip install --no-cache-dir .
+
+# --- runtime: the venv only, run by an unprivileged user --------------------------------------
+FROM python:3.11-slim
+RUN groupadd --system --gid 10001 kms-host \
+    && useradd --system --no-log-init --uid 10001 --gid kms-host --home-dir /data kms-host \
+    && mkdir /data \
+    && chown kms-host:kms-host /data
+COPY --from=build /opt/kms-host /opt/kms-host
+ENV PATH=/opt/kms-host/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    KMS_HOST_LOG_FORMAT=json \
+    KMS_HOST_STORAGE_DATA_DIR=/data
+# The client table (SQLite) and the host identity (ePIDs, HwId) must outlive the container.
+VOLUME ["/data"]
+# KMS over TCP; add 53/udp and 53/tcp here (and [dns] in a config file) for SRV discovery.
+EXPOSE 1688/tcp
+# Numeric, so that runtimes can check runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /data
+# Healthy only after one real, verified activation (its reserved CMID is never counted).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
+    CMD ["kms-host", "probe", "--timeout", "5", "127.0.0.1:1688"]
+# Exec form: kms-host is PID 1 and receives SIGTERM itself, then drains and exits 0.
+ENTRYPOINT ["kms-host"]
+CMD ["serve"]
