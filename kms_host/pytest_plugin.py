@@ -17,7 +17,7 @@ config is TOML text: the ``kms_host_config`` fixture (empty by default; override
 module or a conftest) or, for one test, ``@pytest.mark.kms_host_config("...")``.
 
 What the fixture offers is :class:`KmsHost`. Requests are judged by the same strict client as
-``kms-host activate`` (:func:`kms_host.cli_activate.activate_once`, every check of spec 5.7),
+``kms-host activate`` (:func:`kms_host.tester.activate_once`, every check of spec 5.7),
 and carry the *host's* clock by default, so that :meth:`KmsHost.advance` moves time for both
 sides and only a ``time=`` passed on purpose makes a client's clock disagree.
 :func:`running_host` is the same host as an async context manager, for fixtures of a wider
@@ -41,11 +41,11 @@ import structlog
 from kms_host.activation import reported_count
 from kms_host.app import BoundAddresses, serve
 from kms_host.catalog import Catalog, load_catalog
-from kms_host.cli_activate import Outcome, activate_once, build_client_request, choose_product
 from kms_host.clock import Clock
 from kms_host.config import Config, ConfigOverrides, load_config
 from kms_host.scenario import ScenarioBook, parse_scenarios
 from kms_host.storage import AppTally, ClientRecord, open_store
+from kms_host.tester import Outcome, activate_once, build_client_request, choose_product
 from protocol.kms import LicenseStatus, ProtocolVersion
 
 try:
