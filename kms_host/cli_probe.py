@@ -27,7 +27,6 @@ import asyncio
 import json
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,8 +40,9 @@ from kms_host.catalog import load_catalog
 from kms_host.client import ActivationResult, ClientError, KmsClient
 from kms_host.config import ListenAddress, parse_listen
 from kms_host.service import PROBE_CMID
+from kms_host.tester import build_client_request, choose_product
 from protocol.errors import EpidError, ResponseVerificationError
-from protocol.kms import KmsRequest, LicenseStatus, ProtocolVersion, datetime_to_filetime
+from protocol.kms import KmsRequest, LicenseStatus, ProtocolVersion
 from protocol.kms.epid import HWID_LENGTH, format_hwid, parse_epid
 
 __all__ = ["PROBE_GVLK", "ProbeFailed", "probe", "register"]
@@ -163,25 +163,16 @@ async def probe(host: str, port: int, *, timeout_s: float) -> ProbeReport:
 
 def probe_request(now: datetime) -> tuple[KmsRequest, str]:
     """The probe's V6 request (Windows 10/11 Pro from the catalog, the reserved CMID), named."""
-    catalog = load_catalog()
-    sku = catalog.sku_by_gvlk(PROBE_GVLK)
-    assert sku is not None, "the packaged catalog always has Windows 10/11 Pro"
-    product = catalog.kms_products[sku.kms_id]
-    request = KmsRequest(
+    product = choose_product(load_catalog(), PROBE_GVLK)
+    request = build_client_request(
+        product,
+        when=now,
         version=ProtocolVersion.V6,
-        is_client_vm=0,
-        license_status=LicenseStatus.LICENSED,
-        grace_time_min=43200,
-        application_id=catalog.application_id(product.application),
-        sku_id=sku.id,
-        kms_counted_id=sku.kms_id,
-        client_machine_id=PROBE_CMID,
-        required_client_count=product.threshold,
-        request_time=datetime_to_filetime(now),
-        previous_client_machine_id=uuid.UUID(int=0),
+        cmid=PROBE_CMID,
         machine_name="kms-host-probe",
+        license_status=LicenseStatus.LICENSED,
     )
-    return request, sku.name
+    return request, product.name
 
 
 def _failure(exc: ClientError) -> ProbeFailed:
