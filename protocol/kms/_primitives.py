@@ -3,9 +3,10 @@
 Spec 5.1 gives the keys, 5.2 the three cipher variants, 5.3 the V4 MAC, 5.4 the CBC framing
 and 5.6 the V6 HMAC. V5 is standard AES-128 and goes through ``cryptography``; V4
 (Rijndael-160) and V6 (AES-128 with tweaked round keys) go through
-:mod:`protocol.kms.rijndael`, with CBC done here over big-endian words so that no per-block
-``bytes`` objects are made. The cipher instances are built once, at import: the keys are
-protocol constants.
+:mod:`protocol.kms.rijndael`, which also runs their CBC chains (a whole message per call,
+so that no per-block call or ``bytes`` object is made). The cipher instances are built once,
+at import: the keys are protocol constants. Messages are framed with the ``struct`` twin of
+the codec (:mod:`protocol.kms._fastcodec`), which its tests hold to the ``construct`` one.
 
 Both ciphers offer the operations the protocol needs. ``decrypt_block`` gives the "decrypted
 IV" values Dc and Ds of spec 5.4; CBC with an all-zero IV over ``IV || ciphertext`` (spec 5.4
@@ -16,13 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import struct
 from collections.abc import Callable
 from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol.kms import codec
+from protocol.kms import _fastcodec, codec
 from protocol.kms.messages import ProtocolVersion
 from protocol.kms.rijndael import Rijndael
 
@@ -61,8 +61,6 @@ _C1: Final = 0x00000022816889BD
 _C2: Final = 0x000000208CBAB5ED
 _C3: Final = 0x3156CD5AC628477A
 _U64: Final = (1 << 64) - 1
-
-_WORDS = struct.Struct(">4I")
 
 
 class CbcCipher(Protocol):
@@ -113,35 +111,10 @@ class _RijndaelCbc:
         return self._cipher.decrypt_block(block)
 
     def cbc_encrypt(self, iv: bytes, plaintext: bytes) -> bytes:
-        _check_blocks(plaintext)
-        out = bytearray(len(plaintext))
-        encrypt, unpack_from, pack_into = (
-            self._cipher.encrypt_words,
-            _WORDS.unpack_from,
-            _WORDS.pack_into,
-        )
-        c0, c1, c2, c3 = _WORDS.unpack(iv)
-        for offset in range(0, len(plaintext), BLOCK_SIZE):
-            p0, p1, p2, p3 = unpack_from(plaintext, offset)
-            c0, c1, c2, c3 = encrypt(p0 ^ c0, p1 ^ c1, p2 ^ c2, p3 ^ c3)
-            pack_into(out, offset, c0, c1, c2, c3)
-        return bytes(out)
+        return self._cipher.cbc_encrypt(iv, plaintext)
 
     def cbc_decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
-        _check_blocks(ciphertext)
-        out = bytearray(len(ciphertext))
-        decrypt, unpack_from, pack_into = (
-            self._cipher.decrypt_words,
-            _WORDS.unpack_from,
-            _WORDS.pack_into,
-        )
-        v0, v1, v2, v3 = _WORDS.unpack(iv)
-        for offset in range(0, len(ciphertext), BLOCK_SIZE):
-            c0, c1, c2, c3 = unpack_from(ciphertext, offset)
-            p0, p1, p2, p3 = decrypt(c0, c1, c2, c3)
-            pack_into(out, offset, p0 ^ v0, p1 ^ v1, p2 ^ v2, p3 ^ v3)
-            v0, v1, v2, v3 = c0, c1, c2, c3
-        return bytes(out)
+        return self._cipher.cbc_decrypt(iv, ciphertext)
 
     def cbc_mac(self, message: bytes) -> bytes:
         """CBC-MAC with a zero IV and ISO/IEC 9797-1 padding method 2 (the V4 MAC, spec 5.3).
@@ -149,18 +122,7 @@ class _RijndaelCbc:
         No CMAC subkeys: the ``80 00..00`` padding is always appended, a whole block of it
         when the message is already block-aligned.
         """
-        padded = message + b"\x80" + bytes(-(len(message) + 1) % BLOCK_SIZE)
-        encrypt, unpack_from = self._cipher.encrypt_words, _WORDS.unpack_from
-        s0 = s1 = s2 = s3 = 0
-        for offset in range(0, len(padded), BLOCK_SIZE):
-            p0, p1, p2, p3 = unpack_from(padded, offset)
-            s0, s1, s2, s3 = encrypt(p0 ^ s0, p1 ^ s1, p2 ^ s2, p3 ^ s3)
-        return _WORDS.pack(s0, s1, s2, s3)
-
-
-def _check_blocks(data: bytes) -> None:
-    if len(data) % BLOCK_SIZE:
-        raise ValueError(f"CBC data must be whole 16-byte blocks, got {len(data)} bytes")
+        return self._cipher.cbc_mac(message + b"\x80" + bytes(-(len(message) + 1) % BLOCK_SIZE))
 
 
 def _add_pkcs7(data: bytes) -> bytes:
@@ -199,7 +161,7 @@ def cipher_for(version: ProtocolVersion) -> CbcCipher:
 def seal_envelope(version: ProtocolVersion, iv: bytes, payload: bytes) -> bytes:
     """``version || IV || CBC_Enc(K, IV, PKCS7(payload))`` (spec 4.4, 4.7, 4.8)."""
     ciphertext = cipher_for(version).cbc_encrypt(iv, _add_pkcs7(payload))
-    return codec.build_envelope(codec.Envelope(version.value, 0, iv, ciphertext))
+    return _fastcodec.build_envelope(codec.Envelope(version.value, 0, iv, ciphertext))
 
 
 def xor_blocks(left: bytes, right: bytes) -> bytes:

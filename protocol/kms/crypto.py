@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocol.errors import KmsIntegrityError, KmsMalformed, UnsupportedVersion
-from protocol.kms import codec
+from protocol.kms import _fastcodec, codec
 from protocol.kms._client import PendingRequest, VerifiedResponse, build_request, open_response
 from protocol.kms._primitives import (
     BLOCK_SIZE,
@@ -73,7 +73,7 @@ class OpenedRequest:
 
 def peek_version(data: bytes) -> tuple[int, int]:
     """Return ``(major, minor)`` of a KMS message; :class:`KmsMalformed` if under 4 bytes."""
-    return codec.parse_version(data)
+    return _fastcodec.parse_version(data)
 
 
 def open_request(data: bytes, *, verify_v4_mac: bool = True) -> OpenedRequest:
@@ -93,14 +93,14 @@ def open_request(data: bytes, *, verify_v4_mac: bool = True) -> OpenedRequest:
 
 
 def _open_v4_request(data: bytes, *, verify_mac: bool) -> OpenedRequest:
-    base, mac = codec.parse_v4_request(data)
+    base, mac = _fastcodec.parse_v4_request(data)
     if verify_mac and not hmac.compare_digest(v4_mac(base), mac):
         raise KmsIntegrityError("V4 request MAC does not match")
-    return OpenedRequest(codec.parse_request(base), ProtocolVersion.V4, None, None)
+    return OpenedRequest(_fastcodec.parse_request(base), ProtocolVersion.V4, None, None)
 
 
 def _open_encrypted_request(data: bytes, version: ProtocolVersion) -> OpenedRequest:
-    envelope = codec.parse_envelope(data)
+    envelope = _fastcodec.parse_envelope(data)
     ciphertext = envelope.ciphertext[:_REQUEST_CIPHERTEXT_SIZE]
     if len(ciphertext) < _REQUEST_CIPHERTEXT_SIZE:
         raise KmsMalformed(f"KMS v{version.value} request is shorter than 260 bytes")
@@ -109,7 +109,7 @@ def _open_encrypted_request(data: bytes, version: ProtocolVersion) -> OpenedRequ
     base = strip_pkcs7(plaintext[BLOCK_SIZE:])
     if base is None:
         raise KmsIntegrityError("request padding is not valid PKCS#7")
-    request = codec.parse_request(base)
+    request = _fastcodec.parse_request(base)
     if request.version != version:
         raise KmsMalformed(
             f"inner version {request.version.value} differs from outer {version.value}"
@@ -125,7 +125,7 @@ def seal_response(opened: OpenedRequest, response: KmsResponse, *, hwid: bytes, 
     """
     if len(hwid) != _HWID_SIZE:
         raise ValueError(f"HwId must be {_HWID_SIZE} bytes, not {len(hwid)}")
-    base = codec.build_response(response)
+    base = _fastcodec.build_response(response)
     if opened.version == ProtocolVersion.V4:
         return base + v4_mac(base)
     request_iv, decrypted_iv = require_ivs(opened.version, opened.request_iv, opened.decrypted_iv)
@@ -133,10 +133,10 @@ def seal_response(opened: OpenedRequest, response: KmsResponse, *, hwid: bytes, 
     random_xored_ivs, salt_hash = xor_blocks(salt, decrypted_iv), hashlib.sha256(salt).digest()
     if opened.version == ProtocolVersion.V5:
         tail = codec.ResponseTail(random_xored_ivs, salt_hash)
-        return seal_envelope(ProtocolVersion.V5, request_iv, base + codec.build_tail(tail))
+        return seal_envelope(ProtocolVersion.V5, request_iv, base + _fastcodec.build_tail(tail))
     response_iv = _draw_response_iv(rng, request_iv)
     tail = codec.ResponseTail(random_xored_ivs, salt_hash, hwid, decrypted_iv)
-    body = base + codec.build_tail(tail)
+    body = base + _fastcodec.build_tail(tail)
     key = v6_hmac_key(response.response_time)
     mac = v6_hmac(key, V6_CIPHER.decrypt_block(response_iv), body)
     return seal_envelope(ProtocolVersion.V6, response_iv, body + mac)

@@ -14,7 +14,12 @@ XOR with the round key. Decryption uses the equivalent inverse cipher: the decry
 keys are the *tweaked* encryption round keys in reverse order with InvMixColumns applied to
 the inner ones, which is the form spec 5.2 requires for the V6 variant. Round keys are
 expanded once per key; the protocol's keys are constants, so callers build one instance per
-key at import time and the per-block work allocates only the four result words.
+key at import time. The CBC chains below carry the whole per-message work (issue 7).
+
+Speed (docs/performance.md): this is every activation's hottest code. It is written so that
+mypyc can compile the module unchanged (``int``-typed locals, no dynamic features); Python
+then imports the extension in place of this file, and ``tests/protocol/test_rijndael_builds``
+holds the two to the same results.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Mapping
 __all__ = ["Rijndael"]
 
 _WORDS = struct.Struct(">4I")
+_ZERO_BLOCK = bytes(16)
 
 
 def _xtime(value: int) -> int:
@@ -92,6 +98,11 @@ _TD0, _TD1, _TD2, _TD3 = _rotations(
 # Last round (no MixColumns): the S-boxes pre-shifted into each byte lane.
 _S3, _S2, _S1, _S0 = (tuple(s << shift for s in _SBOX) for shift in (24, 16, 8, 0))
 _I3, _I2, _I1, _I0 = (tuple(i << shift for i in _INV_SBOX) for shift in (24, 16, 8, 0))
+# Wide views of T1 and T2 for the CBC chains, indexed by 16 bits: ``T1_HI[w >> 16]`` is
+# ``T1[(w >> 16) & 0xFF]`` and ``T2_LO[w & 0xFFFF]`` is ``T2[(w >> 8) & 0xFF]``, one operation
+# less per lookup (about 10% of a block in CPython) for 2 MB of shared references.
+_TE1_HI, _TD1_HI = (tuple(table[i & 0xFF] for i in range(0x10000)) for table in (_TE1, _TD1))
+_TE2_LO, _TD2_LO = (tuple(table[i >> 8] for i in range(0x10000)) for table in (_TE2, _TD2))
 
 _Words = tuple[int, int, int, int]  # a block or a round key as four column words
 
@@ -128,11 +139,29 @@ def _inv_mix_column(word: int) -> int:
     )
 
 
+def _inv_mix_round_key(rk: _Words) -> _Words:
+    return (
+        _inv_mix_column(rk[0]),
+        _inv_mix_column(rk[1]),
+        _inv_mix_column(rk[2]),
+        _inv_mix_column(rk[3]),
+    )
+
+
 def _group(words: list[int]) -> tuple[_Words, ...]:
     """Split expanded key words into round keys of four words."""
     return tuple(
         (words[i], words[i + 1], words[i + 2], words[i + 3]) for i in range(0, len(words), 4)
     )
+
+
+_INNER_ROUNDS = 9  # rounds 1..9, unrolled in the chains; Rijndael-160 has a 10th (``extra``)
+
+
+def _flatten(inner: tuple[_Words, ...]) -> tuple[tuple[int, ...], _Words | None]:
+    """The inner round keys as the chains take them: 36 words, and the extra round's key."""
+    body = tuple(word for rk in inner[:_INNER_ROUNDS] for word in rk)
+    return body, (inner[_INNER_ROUNDS] if len(inner) > _INNER_ROUNDS else None)
 
 
 class Rijndael:
@@ -145,12 +174,14 @@ class Rijndael:
     """
 
     __slots__ = (
+        "_dec_body",
+        "_dec_extra",
         "_dec_final",
         "_dec_first",
-        "_dec_inner",
+        "_enc_body",
+        "_enc_extra",
         "_enc_final",
         "_enc_first",
-        "_enc_inner",
         "round_keys",
     )
 
@@ -165,60 +196,207 @@ class Rijndael:
             words[4 * round_number] ^= value << 24
         enc = _group(words)
         self.round_keys: tuple[bytes, ...] = tuple(_WORDS.pack(*rk) for rk in enc)
-        self._enc_first, self._enc_inner, self._enc_final = enc[0], enc[1:-1], enc[-1]
-        dec = (enc[-1], *(tuple(_inv_mix_column(w) for w in rk) for rk in reversed(enc[1:-1])))
-        self._dec_first, self._dec_inner, self._dec_final = dec[0], dec[1:], enc[0]
-
-    def encrypt_words(self, s0: int, s1: int, s2: int, s3: int) -> _Words:
-        """Encrypt one block given as four big-endian column words."""
-        t0, t1, t2, t3 = _TE0, _TE1, _TE2, _TE3
-        k0, k1, k2, k3 = self._enc_first
-        s0 ^= k0
-        s1 ^= k1
-        s2 ^= k2
-        s3 ^= k3
-        for k0, k1, k2, k3 in self._enc_inner:
-            s0, s1, s2, s3 = (
-                t0[s0 >> 24] ^ t1[(s1 >> 16) & 0xFF] ^ t2[(s2 >> 8) & 0xFF] ^ t3[s3 & 0xFF] ^ k0,
-                t0[s1 >> 24] ^ t1[(s2 >> 16) & 0xFF] ^ t2[(s3 >> 8) & 0xFF] ^ t3[s0 & 0xFF] ^ k1,
-                t0[s2 >> 24] ^ t1[(s3 >> 16) & 0xFF] ^ t2[(s0 >> 8) & 0xFF] ^ t3[s1 & 0xFF] ^ k2,
-                t0[s3 >> 24] ^ t1[(s0 >> 16) & 0xFF] ^ t2[(s1 >> 8) & 0xFF] ^ t3[s2 & 0xFF] ^ k3,
-            )
-        k0, k1, k2, k3 = self._enc_final
-        return (
-            _S3[s0 >> 24] ^ _S2[(s1 >> 16) & 0xFF] ^ _S1[(s2 >> 8) & 0xFF] ^ _S0[s3 & 0xFF] ^ k0,
-            _S3[s1 >> 24] ^ _S2[(s2 >> 16) & 0xFF] ^ _S1[(s3 >> 8) & 0xFF] ^ _S0[s0 & 0xFF] ^ k1,
-            _S3[s2 >> 24] ^ _S2[(s3 >> 16) & 0xFF] ^ _S1[(s0 >> 8) & 0xFF] ^ _S0[s1 & 0xFF] ^ k2,
-            _S3[s3 >> 24] ^ _S2[(s0 >> 16) & 0xFF] ^ _S1[(s1 >> 8) & 0xFF] ^ _S0[s2 & 0xFF] ^ k3,
-        )
-
-    def decrypt_words(self, s0: int, s1: int, s2: int, s3: int) -> _Words:
-        """Decrypt one block given as four big-endian column words (equivalent inverse cipher)."""
-        t0, t1, t2, t3 = _TD0, _TD1, _TD2, _TD3
-        k0, k1, k2, k3 = self._dec_first
-        s0 ^= k0
-        s1 ^= k1
-        s2 ^= k2
-        s3 ^= k3
-        for k0, k1, k2, k3 in self._dec_inner:
-            s0, s1, s2, s3 = (
-                t0[s0 >> 24] ^ t1[(s3 >> 16) & 0xFF] ^ t2[(s2 >> 8) & 0xFF] ^ t3[s1 & 0xFF] ^ k0,
-                t0[s1 >> 24] ^ t1[(s0 >> 16) & 0xFF] ^ t2[(s3 >> 8) & 0xFF] ^ t3[s2 & 0xFF] ^ k1,
-                t0[s2 >> 24] ^ t1[(s1 >> 16) & 0xFF] ^ t2[(s0 >> 8) & 0xFF] ^ t3[s3 & 0xFF] ^ k2,
-                t0[s3 >> 24] ^ t1[(s2 >> 16) & 0xFF] ^ t2[(s1 >> 8) & 0xFF] ^ t3[s0 & 0xFF] ^ k3,
-            )
-        k0, k1, k2, k3 = self._dec_final
-        return (
-            _I3[s0 >> 24] ^ _I2[(s3 >> 16) & 0xFF] ^ _I1[(s2 >> 8) & 0xFF] ^ _I0[s1 & 0xFF] ^ k0,
-            _I3[s1 >> 24] ^ _I2[(s0 >> 16) & 0xFF] ^ _I1[(s3 >> 8) & 0xFF] ^ _I0[s2 & 0xFF] ^ k1,
-            _I3[s2 >> 24] ^ _I2[(s1 >> 16) & 0xFF] ^ _I1[(s0 >> 8) & 0xFF] ^ _I0[s3 & 0xFF] ^ k2,
-            _I3[s3 >> 24] ^ _I2[(s2 >> 16) & 0xFF] ^ _I1[(s1 >> 8) & 0xFF] ^ _I0[s0 & 0xFF] ^ k3,
-        )
+        self._enc_first, self._enc_final = enc[0], enc[-1]
+        self._enc_body, self._enc_extra = _flatten(enc[1:-1])
+        dec_inner = tuple(_inv_mix_round_key(rk) for rk in reversed(enc[1:-1]))
+        self._dec_first, self._dec_final = enc[-1], enc[0]
+        self._dec_body, self._dec_extra = _flatten(dec_inner)
 
     def encrypt_block(self, block: bytes) -> bytes:
         """Encrypt one 16-byte block."""
-        return _WORDS.pack(*self.encrypt_words(*_WORDS.unpack(block)))
+        return self.cbc_encrypt(_ZERO_BLOCK, block)
 
     def decrypt_block(self, block: bytes) -> bytes:
         """Decrypt one 16-byte block."""
-        return _WORDS.pack(*self.decrypt_words(*_WORDS.unpack(block)))
+        return self.cbc_decrypt(_ZERO_BLOCK, block)
+
+    def cbc_encrypt(self, iv: bytes, data: bytes) -> bytes:
+        """CBC-encrypt whole 16-byte blocks under ``iv`` (the caller pads)."""
+        _check_blocks(iv, data)
+        out = bytearray(len(data))
+        self._encrypt_chain(_WORDS.unpack(iv), data, out)
+        return bytes(out)
+
+    def cbc_decrypt(self, iv: bytes, data: bytes) -> bytes:
+        """CBC-decrypt whole 16-byte blocks under ``iv`` (the caller strips padding)."""
+        _check_blocks(iv, data)
+        out = bytearray(len(data))
+        self._decrypt_chain(_WORDS.unpack(iv), data, out)
+        return bytes(out)
+
+    def cbc_mac(self, data: bytes) -> bytes:
+        """The last block of the CBC encryption of ``data`` under a zero IV (no padding)."""
+        _check_blocks(_ZERO_BLOCK, data)
+        return _WORDS.pack(*self._encrypt_chain((0, 0, 0, 0), data, None))
+
+    # The two chains below are the hot path of every activation (issue 7): the whole message
+    # is walked in one call with the rounds unrolled and the round keys in local variables,
+    # so a block costs no function call, no loop and no tuple. Rounds 1-9 are common to both
+    # key sizes; Rijndael-160 has one more (``extra``). ``out`` is None for a MAC, which keeps
+    # only the last block. The rounds are the T-table rounds of the module docstring, with the
+    # wide T1/T2 views; names alternate between the ``a`` and ``b`` states.
+
+    def _encrypt_chain(  # noqa: PLR0915 - unrolled on purpose, see above
+        self, iv: _Words, data: bytes, out: bytearray | None
+    ) -> _Words:
+        t0, t1, t2, t3 = _TE0, _TE1_HI, _TE2_LO, _TE3
+        u3, u2, u1, u0 = _S3, _S2, _S1, _S0
+        f0, f1, f2, f3 = self._enc_first
+        l0, l1, l2, l3 = self._enc_final
+        extra = self._enc_extra
+        # fmt: off
+        (
+            k4, k5, k6, k7, k8, k9, k10, k11, k12, k13, k14, k15, k16, k17, k18, k19, k20,
+            k21, k22, k23, k24, k25, k26, k27, k28, k29, k30, k31, k32, k33, k34, k35, k36,
+            k37, k38, k39,
+        ) = self._enc_body
+        # fmt: on
+        unpack_from, pack_into = _WORDS.unpack_from, _WORDS.pack_into
+        p0: int
+        p1: int
+        p2: int
+        p3: int
+        c0, c1, c2, c3 = iv
+        for offset in range(0, len(data), 16):
+            p0, p1, p2, p3 = unpack_from(data, offset)
+            a0 = p0 ^ c0 ^ f0
+            a1 = p1 ^ c1 ^ f1
+            a2 = p2 ^ c2 ^ f2
+            a3 = p3 ^ c3 ^ f3
+            b0 = t0[a0 >> 24] ^ t1[a1 >> 16] ^ t2[a2 & 65535] ^ t3[a3 & 255] ^ k4
+            b1 = t0[a1 >> 24] ^ t1[a2 >> 16] ^ t2[a3 & 65535] ^ t3[a0 & 255] ^ k5
+            b2 = t0[a2 >> 24] ^ t1[a3 >> 16] ^ t2[a0 & 65535] ^ t3[a1 & 255] ^ k6
+            b3 = t0[a3 >> 24] ^ t1[a0 >> 16] ^ t2[a1 & 65535] ^ t3[a2 & 255] ^ k7
+            a0 = t0[b0 >> 24] ^ t1[b1 >> 16] ^ t2[b2 & 65535] ^ t3[b3 & 255] ^ k8
+            a1 = t0[b1 >> 24] ^ t1[b2 >> 16] ^ t2[b3 & 65535] ^ t3[b0 & 255] ^ k9
+            a2 = t0[b2 >> 24] ^ t1[b3 >> 16] ^ t2[b0 & 65535] ^ t3[b1 & 255] ^ k10
+            a3 = t0[b3 >> 24] ^ t1[b0 >> 16] ^ t2[b1 & 65535] ^ t3[b2 & 255] ^ k11
+            b0 = t0[a0 >> 24] ^ t1[a1 >> 16] ^ t2[a2 & 65535] ^ t3[a3 & 255] ^ k12
+            b1 = t0[a1 >> 24] ^ t1[a2 >> 16] ^ t2[a3 & 65535] ^ t3[a0 & 255] ^ k13
+            b2 = t0[a2 >> 24] ^ t1[a3 >> 16] ^ t2[a0 & 65535] ^ t3[a1 & 255] ^ k14
+            b3 = t0[a3 >> 24] ^ t1[a0 >> 16] ^ t2[a1 & 65535] ^ t3[a2 & 255] ^ k15
+            a0 = t0[b0 >> 24] ^ t1[b1 >> 16] ^ t2[b2 & 65535] ^ t3[b3 & 255] ^ k16
+            a1 = t0[b1 >> 24] ^ t1[b2 >> 16] ^ t2[b3 & 65535] ^ t3[b0 & 255] ^ k17
+            a2 = t0[b2 >> 24] ^ t1[b3 >> 16] ^ t2[b0 & 65535] ^ t3[b1 & 255] ^ k18
+            a3 = t0[b3 >> 24] ^ t1[b0 >> 16] ^ t2[b1 & 65535] ^ t3[b2 & 255] ^ k19
+            b0 = t0[a0 >> 24] ^ t1[a1 >> 16] ^ t2[a2 & 65535] ^ t3[a3 & 255] ^ k20
+            b1 = t0[a1 >> 24] ^ t1[a2 >> 16] ^ t2[a3 & 65535] ^ t3[a0 & 255] ^ k21
+            b2 = t0[a2 >> 24] ^ t1[a3 >> 16] ^ t2[a0 & 65535] ^ t3[a1 & 255] ^ k22
+            b3 = t0[a3 >> 24] ^ t1[a0 >> 16] ^ t2[a1 & 65535] ^ t3[a2 & 255] ^ k23
+            a0 = t0[b0 >> 24] ^ t1[b1 >> 16] ^ t2[b2 & 65535] ^ t3[b3 & 255] ^ k24
+            a1 = t0[b1 >> 24] ^ t1[b2 >> 16] ^ t2[b3 & 65535] ^ t3[b0 & 255] ^ k25
+            a2 = t0[b2 >> 24] ^ t1[b3 >> 16] ^ t2[b0 & 65535] ^ t3[b1 & 255] ^ k26
+            a3 = t0[b3 >> 24] ^ t1[b0 >> 16] ^ t2[b1 & 65535] ^ t3[b2 & 255] ^ k27
+            b0 = t0[a0 >> 24] ^ t1[a1 >> 16] ^ t2[a2 & 65535] ^ t3[a3 & 255] ^ k28
+            b1 = t0[a1 >> 24] ^ t1[a2 >> 16] ^ t2[a3 & 65535] ^ t3[a0 & 255] ^ k29
+            b2 = t0[a2 >> 24] ^ t1[a3 >> 16] ^ t2[a0 & 65535] ^ t3[a1 & 255] ^ k30
+            b3 = t0[a3 >> 24] ^ t1[a0 >> 16] ^ t2[a1 & 65535] ^ t3[a2 & 255] ^ k31
+            a0 = t0[b0 >> 24] ^ t1[b1 >> 16] ^ t2[b2 & 65535] ^ t3[b3 & 255] ^ k32
+            a1 = t0[b1 >> 24] ^ t1[b2 >> 16] ^ t2[b3 & 65535] ^ t3[b0 & 255] ^ k33
+            a2 = t0[b2 >> 24] ^ t1[b3 >> 16] ^ t2[b0 & 65535] ^ t3[b1 & 255] ^ k34
+            a3 = t0[b3 >> 24] ^ t1[b0 >> 16] ^ t2[b1 & 65535] ^ t3[b2 & 255] ^ k35
+            b0 = t0[a0 >> 24] ^ t1[a1 >> 16] ^ t2[a2 & 65535] ^ t3[a3 & 255] ^ k36
+            b1 = t0[a1 >> 24] ^ t1[a2 >> 16] ^ t2[a3 & 65535] ^ t3[a0 & 255] ^ k37
+            b2 = t0[a2 >> 24] ^ t1[a3 >> 16] ^ t2[a0 & 65535] ^ t3[a1 & 255] ^ k38
+            b3 = t0[a3 >> 24] ^ t1[a0 >> 16] ^ t2[a1 & 65535] ^ t3[a2 & 255] ^ k39
+            if extra is not None:
+                x0, x1, x2, x3 = extra
+                a0 = t0[b0 >> 24] ^ t1[b1 >> 16] ^ t2[b2 & 65535] ^ t3[b3 & 255] ^ x0
+                a1 = t0[b1 >> 24] ^ t1[b2 >> 16] ^ t2[b3 & 65535] ^ t3[b0 & 255] ^ x1
+                a2 = t0[b2 >> 24] ^ t1[b3 >> 16] ^ t2[b0 & 65535] ^ t3[b1 & 255] ^ x2
+                a3 = t0[b3 >> 24] ^ t1[b0 >> 16] ^ t2[b1 & 65535] ^ t3[b2 & 255] ^ x3
+                b0, b1, b2, b3 = a0, a1, a2, a3
+            c0 = u3[b0 >> 24] ^ u2[(b1 >> 16) & 255] ^ u1[(b2 >> 8) & 255] ^ u0[b3 & 255] ^ l0
+            c1 = u3[b1 >> 24] ^ u2[(b2 >> 16) & 255] ^ u1[(b3 >> 8) & 255] ^ u0[b0 & 255] ^ l1
+            c2 = u3[b2 >> 24] ^ u2[(b3 >> 16) & 255] ^ u1[(b0 >> 8) & 255] ^ u0[b1 & 255] ^ l2
+            c3 = u3[b3 >> 24] ^ u2[(b0 >> 16) & 255] ^ u1[(b1 >> 8) & 255] ^ u0[b2 & 255] ^ l3
+            if out is not None:
+                pack_into(out, offset, c0, c1, c2, c3)
+        return c0, c1, c2, c3
+
+    def _decrypt_chain(  # noqa: PLR0915 - unrolled on purpose, see above
+        self, iv: _Words, data: bytes, out: bytearray
+    ) -> None:
+        t0, t1, t2, t3 = _TD0, _TD1_HI, _TD2_LO, _TD3
+        u3, u2, u1, u0 = _I3, _I2, _I1, _I0
+        f0, f1, f2, f3 = self._dec_first
+        l0, l1, l2, l3 = self._dec_final
+        extra = self._dec_extra
+        # fmt: off
+        (
+            k4, k5, k6, k7, k8, k9, k10, k11, k12, k13, k14, k15, k16, k17, k18, k19, k20,
+            k21, k22, k23, k24, k25, k26, k27, k28, k29, k30, k31, k32, k33, k34, k35, k36,
+            k37, k38, k39,
+        ) = self._dec_body
+        # fmt: on
+        unpack_from, pack_into = _WORDS.unpack_from, _WORDS.pack_into
+        c0: int
+        c1: int
+        c2: int
+        c3: int
+        v0, v1, v2, v3 = iv
+        for offset in range(0, len(data), 16):
+            c0, c1, c2, c3 = unpack_from(data, offset)
+            a0 = c0 ^ f0
+            a1 = c1 ^ f1
+            a2 = c2 ^ f2
+            a3 = c3 ^ f3
+            b0 = t0[a0 >> 24] ^ t1[a3 >> 16] ^ t2[a2 & 65535] ^ t3[a1 & 255] ^ k4
+            b1 = t0[a1 >> 24] ^ t1[a0 >> 16] ^ t2[a3 & 65535] ^ t3[a2 & 255] ^ k5
+            b2 = t0[a2 >> 24] ^ t1[a1 >> 16] ^ t2[a0 & 65535] ^ t3[a3 & 255] ^ k6
+            b3 = t0[a3 >> 24] ^ t1[a2 >> 16] ^ t2[a1 & 65535] ^ t3[a0 & 255] ^ k7
+            a0 = t0[b0 >> 24] ^ t1[b3 >> 16] ^ t2[b2 & 65535] ^ t3[b1 & 255] ^ k8
+            a1 = t0[b1 >> 24] ^ t1[b0 >> 16] ^ t2[b3 & 65535] ^ t3[b2 & 255] ^ k9
+            a2 = t0[b2 >> 24] ^ t1[b1 >> 16] ^ t2[b0 & 65535] ^ t3[b3 & 255] ^ k10
+            a3 = t0[b3 >> 24] ^ t1[b2 >> 16] ^ t2[b1 & 65535] ^ t3[b0 & 255] ^ k11
+            b0 = t0[a0 >> 24] ^ t1[a3 >> 16] ^ t2[a2 & 65535] ^ t3[a1 & 255] ^ k12
+            b1 = t0[a1 >> 24] ^ t1[a0 >> 16] ^ t2[a3 & 65535] ^ t3[a2 & 255] ^ k13
+            b2 = t0[a2 >> 24] ^ t1[a1 >> 16] ^ t2[a0 & 65535] ^ t3[a3 & 255] ^ k14
+            b3 = t0[a3 >> 24] ^ t1[a2 >> 16] ^ t2[a1 & 65535] ^ t3[a0 & 255] ^ k15
+            a0 = t0[b0 >> 24] ^ t1[b3 >> 16] ^ t2[b2 & 65535] ^ t3[b1 & 255] ^ k16
+            a1 = t0[b1 >> 24] ^ t1[b0 >> 16] ^ t2[b3 & 65535] ^ t3[b2 & 255] ^ k17
+            a2 = t0[b2 >> 24] ^ t1[b1 >> 16] ^ t2[b0 & 65535] ^ t3[b3 & 255] ^ k18
+            a3 = t0[b3 >> 24] ^ t1[b2 >> 16] ^ t2[b1 & 65535] ^ t3[b0 & 255] ^ k19
+            b0 = t0[a0 >> 24] ^ t1[a3 >> 16] ^ t2[a2 & 65535] ^ t3[a1 & 255] ^ k20
+            b1 = t0[a1 >> 24] ^ t1[a0 >> 16] ^ t2[a3 & 65535] ^ t3[a2 & 255] ^ k21
+            b2 = t0[a2 >> 24] ^ t1[a1 >> 16] ^ t2[a0 & 65535] ^ t3[a3 & 255] ^ k22
+            b3 = t0[a3 >> 24] ^ t1[a2 >> 16] ^ t2[a1 & 65535] ^ t3[a0 & 255] ^ k23
+            a0 = t0[b0 >> 24] ^ t1[b3 >> 16] ^ t2[b2 & 65535] ^ t3[b1 & 255] ^ k24
+            a1 = t0[b1 >> 24] ^ t1[b0 >> 16] ^ t2[b3 & 65535] ^ t3[b2 & 255] ^ k25
+            a2 = t0[b2 >> 24] ^ t1[b1 >> 16] ^ t2[b0 & 65535] ^ t3[b3 & 255] ^ k26
+            a3 = t0[b3 >> 24] ^ t1[b2 >> 16] ^ t2[b1 & 65535] ^ t3[b0 & 255] ^ k27
+            b0 = t0[a0 >> 24] ^ t1[a3 >> 16] ^ t2[a2 & 65535] ^ t3[a1 & 255] ^ k28
+            b1 = t0[a1 >> 24] ^ t1[a0 >> 16] ^ t2[a3 & 65535] ^ t3[a2 & 255] ^ k29
+            b2 = t0[a2 >> 24] ^ t1[a1 >> 16] ^ t2[a0 & 65535] ^ t3[a3 & 255] ^ k30
+            b3 = t0[a3 >> 24] ^ t1[a2 >> 16] ^ t2[a1 & 65535] ^ t3[a0 & 255] ^ k31
+            a0 = t0[b0 >> 24] ^ t1[b3 >> 16] ^ t2[b2 & 65535] ^ t3[b1 & 255] ^ k32
+            a1 = t0[b1 >> 24] ^ t1[b0 >> 16] ^ t2[b3 & 65535] ^ t3[b2 & 255] ^ k33
+            a2 = t0[b2 >> 24] ^ t1[b1 >> 16] ^ t2[b0 & 65535] ^ t3[b3 & 255] ^ k34
+            a3 = t0[b3 >> 24] ^ t1[b2 >> 16] ^ t2[b1 & 65535] ^ t3[b0 & 255] ^ k35
+            b0 = t0[a0 >> 24] ^ t1[a3 >> 16] ^ t2[a2 & 65535] ^ t3[a1 & 255] ^ k36
+            b1 = t0[a1 >> 24] ^ t1[a0 >> 16] ^ t2[a3 & 65535] ^ t3[a2 & 255] ^ k37
+            b2 = t0[a2 >> 24] ^ t1[a1 >> 16] ^ t2[a0 & 65535] ^ t3[a3 & 255] ^ k38
+            b3 = t0[a3 >> 24] ^ t1[a2 >> 16] ^ t2[a1 & 65535] ^ t3[a0 & 255] ^ k39
+            if extra is not None:
+                x0, x1, x2, x3 = extra
+                a0 = t0[b0 >> 24] ^ t1[b3 >> 16] ^ t2[b2 & 65535] ^ t3[b1 & 255] ^ x0
+                a1 = t0[b1 >> 24] ^ t1[b0 >> 16] ^ t2[b3 & 65535] ^ t3[b2 & 255] ^ x1
+                a2 = t0[b2 >> 24] ^ t1[b1 >> 16] ^ t2[b0 & 65535] ^ t3[b3 & 255] ^ x2
+                a3 = t0[b3 >> 24] ^ t1[b2 >> 16] ^ t2[b1 & 65535] ^ t3[b0 & 255] ^ x3
+                b0, b1, b2, b3 = a0, a1, a2, a3
+            pack_into(
+                out,
+                offset,
+                u3[b0 >> 24] ^ u2[(b3 >> 16) & 255] ^ u1[(b2 >> 8) & 255] ^ u0[b1 & 255] ^ l0 ^ v0,
+                u3[b1 >> 24] ^ u2[(b0 >> 16) & 255] ^ u1[(b3 >> 8) & 255] ^ u0[b2 & 255] ^ l1 ^ v1,
+                u3[b2 >> 24] ^ u2[(b1 >> 16) & 255] ^ u1[(b0 >> 8) & 255] ^ u0[b3 & 255] ^ l2 ^ v2,
+                u3[b3 >> 24] ^ u2[(b2 >> 16) & 255] ^ u1[(b1 >> 8) & 255] ^ u0[b0 & 255] ^ l3 ^ v3,
+            )
+            v0, v1, v2, v3 = c0, c1, c2, c3
+
+
+def _check_blocks(iv: bytes, data: bytes) -> None:
+    if len(iv) != 16 or len(data) % 16:
+        raise ValueError(
+            f"CBC needs a 16-byte IV and whole 16-byte blocks, got {len(iv)} and {len(data)} bytes"
+        )

@@ -7,6 +7,10 @@ inverse. Every ``construct`` failure is converted here, exactly once, into
 header was readable (architecture 4.4), so that the connection can answer with a fault
 for the right call (spec 3.5).
 
+Requests, responses and the common header, the PDUs of every activation, are read and
+written with ``struct`` first (:mod:`protocol.rpc._fastpdu`); anything that path declines
+takes the ``construct`` one, so errors and edge cases are the schema's.
+
 The codec checks structure, not policy: version numbers, ``auth_length`` and flags are
 reported as read and judged by the state machines. Bytes after a bind's last context
 element (its auth_verifier, if any) are not interpreted; neither emulator reads them
@@ -22,7 +26,7 @@ from typing import Any
 from construct import ConstructError, Container
 
 from protocol.errors import MalformedPdu
-from protocol.rpc import schema
+from protocol.rpc import _fastpdu, schema
 from protocol.rpc.constants import PFC, PType
 from protocol.rpc.pdus import (
     AlterContext,
@@ -50,6 +54,9 @@ _Fields = dict[str, Any]
 
 def parse_header(frame: bytes) -> CommonHeader:
     """Read the common header (spec 1.2) of a PDU without looking at its body."""
+    fast = _fastpdu.parse_header(frame)
+    if fast is not None:
+        return fast
     try:
         raw = schema.CommonHeader.parse(frame)
     except ConstructError as exc:
@@ -113,6 +120,10 @@ def build_pdu(pdu: Pdu) -> bytes:
                     "versions": [{"major": major, "minor": minor} for major, minor in pdu.versions],
                 }
             )
+        case Request() if (fast := _fastpdu.build_request(pdu)) is not None:
+            return fast
+        case Response() if (fast := _fastpdu.build_response(pdu)) is not None:
+            return fast
         case Request():
             # The object UUID is on the wire iff the flag says so (spec 3.2): keep them in step.
             pfc_flags = pfc_flags & ~PFC.OBJECT_UUID
@@ -260,6 +271,9 @@ def _bind_nak(body: bytes) -> _Fields:
 
 
 def _request(body: bytes, pfc_flags: PFC) -> _Fields:
+    fast = _fastpdu.request_fields(body, pfc_flags)
+    if fast is not None:
+        return fast
     raw = schema.REQUEST_BODY.parse(body, pfc_flags=pfc_flags)
     return {
         "alloc_hint": raw.alloc_hint,
@@ -271,6 +285,9 @@ def _request(body: bytes, pfc_flags: PFC) -> _Fields:
 
 
 def _response(body: bytes) -> _Fields:
+    fast = _fastpdu.response_fields(body)
+    if fast is not None:
+        return fast
     raw = schema.RESPONSE_BODY.parse(body)
     return {
         "alloc_hint": raw.alloc_hint,

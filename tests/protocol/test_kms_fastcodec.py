@@ -1,0 +1,144 @@
+"""The struct codec agrees with the construct codec, its schema of record, on everything.
+
+Same result or the same error type (KmsMalformed) for: every captured conversation and spec
+vector, generated messages, arbitrary and truncated bytes, and out-of-range values to build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kms_strategies import blocks, requests, responses
+from kms_vectors import captured_calls, h, spec_request, spec_response, spec_vectors
+
+from protocol.errors import KmsMalformed
+from protocol.kms import ProtocolVersion, _fastcodec, codec
+from protocol.kms._primitives import ZERO_BLOCK, cipher_for, strip_pkcs7
+
+CALLS = captured_calls()
+EXCHANGE = spec_vectors()["exchange"]
+WIRE_MESSAGES = [
+    h(EXCHANGE[version][kind]) for version in ("v4", "v5", "v6") for kind in ("request", "response")
+]
+
+PARSERS = ["parse_version", "parse_request", "parse_v4_request", "parse_envelope", "parse_response"]
+
+
+def same(name: str, *args: Any) -> Any:
+    """Call ``name`` in both codecs; assert equal results or KmsMalformed from both."""
+    reference: Callable[..., Any] = getattr(codec, name)
+    fast: Callable[..., Any] = getattr(_fastcodec, name)
+    try:
+        expected = reference(*args)
+    except KmsMalformed:
+        with pytest.raises(KmsMalformed):
+            fast(*args)
+        return None
+    assert fast(*args) == expected
+    return expected
+
+
+def test_every_codec_function_has_a_twin() -> None:
+    assert sorted(_fastcodec.__all__) == sorted(
+        name for name in codec.__all__ if name.startswith(("parse_", "build_"))
+    )
+
+
+def _payload(message: bytes, version: ProtocolVersion) -> bytes:
+    envelope = codec.parse_envelope(message)
+    plaintext = cipher_for(version).cbc_decrypt(ZERO_BLOCK, envelope.iv + envelope.ciphertext)
+    payload = strip_pkcs7(plaintext[16:])
+    assert payload is not None
+    return payload
+
+
+@pytest.mark.parametrize("call", CALLS, ids=[call.id for call in CALLS])
+def test_captured_conversations_agree(call: Any) -> None:
+    request, response = call.request_message, call.response_message
+    major, _ = same("parse_version", request)
+    same("parse_version", response)
+    version = ProtocolVersion(major)
+    if version == ProtocolVersion.V4:
+        base, mac = same("parse_v4_request", request)
+        assert same("build_v4_request", base, mac) == request[:252]
+        parsed = same("parse_request", base)
+        assert same("build_request", parsed) == base
+        body, tail_size = response[:-16], 0
+    else:
+        envelope = same("parse_envelope", request)
+        assert same("build_envelope", envelope) == request
+        same("parse_envelope", response)
+        base = _payload(request, version)
+        same("build_request", same("parse_request", base))
+        body = _payload(response, version)
+        tail_size = 72 if version == ProtocolVersion.V6 else 48
+    parsed_response, size = same("parse_response", body)
+    assert same("build_response", parsed_response) == body[:size]
+    if tail_size:
+        tail = same("parse_tail", body[size:], version)
+        assert same("build_tail", tail) == body[size : size + tail_size]
+
+
+@pytest.mark.parametrize("message", WIRE_MESSAGES)
+@pytest.mark.parametrize("name", PARSERS)
+def test_spec_messages_and_every_truncation_agree(name: str, message: bytes) -> None:
+    for end in range(len(message) + 1):
+        same(name, message[:end])
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_agree(data: bytes) -> None:
+    for name in PARSERS:
+        same(name, data)
+    for version in (ProtocolVersion.V5, ProtocolVersion.V6):
+        same("parse_tail", data, version)
+
+
+@given(requests())
+def test_generated_requests_agree(request: Any) -> None:
+    data = same("build_request", request)
+    same("parse_request", data)
+
+
+@given(responses())
+def test_generated_responses_agree(response: Any) -> None:
+    data = same("build_response", response)
+    same("parse_response", data + b"tail")
+
+
+@given(blocks, st.binary(min_size=32, max_size=32), st.binary(max_size=9), st.binary(max_size=17))
+def test_generated_tails_agree(rxi: bytes, digest: bytes, hwid: bytes, xored: bytes) -> None:
+    same("build_tail", codec.ResponseTail(rxi, digest))
+    same("build_tail", codec.ResponseTail(rxi, digest, hwid, xored))
+    same("build_tail", codec.ResponseTail(rxi[:15], digest))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("current_client_count", -1), ("renewal_interval_min", 1 << 32), ("response_time", 1 << 64)],
+)
+def test_out_of_range_responses_fail_in_both(field: str, value: int) -> None:
+    same("build_response", replace(spec_response(ProtocolVersion.V4), **{field: value}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("license_status", -1), ("grace_time_min", 1 << 32), ("request_time", 1 << 64)],
+)
+def test_out_of_range_requests_fail_in_both(field: str, value: int) -> None:
+    same("build_request", replace(spec_request(ProtocolVersion.V6), **{field: value}))
+
+
+@pytest.mark.parametrize(("major", "iv"), [(6, bytes(15)), (1 << 16, bytes(16)), (-1, bytes(16))])
+def test_bad_envelopes_fail_in_both(major: int, iv: bytes) -> None:
+    same("build_envelope", codec.Envelope(major, 0, iv, bytes(16)))
+
+
+@pytest.mark.parametrize(("base", "mac"), [(bytes(235), bytes(16)), (bytes(236), bytes(17))])
+def test_bad_v4_parts_fail_in_both(base: bytes, mac: bytes) -> None:
+    same("build_v4_request", base, mac)

@@ -1,0 +1,77 @@
+"""The pure-Python Rijndael is always tested, whichever build the package imports.
+
+``protocol/kms/rijndael.py`` may be compiled with mypyc (docs/performance.md); Python then
+imports the extension module in its place. This file loads the *source* under another name
+and holds the imported module to it, so that a compiled build is checked against the pure
+fallback, and the fallback itself still meets FIPS-197 when a compiled build shadows it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kms_vectors import h, spec_vectors
+
+from protocol.kms import rijndael
+
+SOURCE = Path(__file__).resolve().parents[2] / "protocol" / "kms" / "rijndael.py"
+V6_TWEAKS = {4: 0x73, 6: 0x09, 8: 0xE4}
+
+
+def _load_pure() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("_pure_rijndael", SOURCE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PURE = _load_pure()
+COMPILED = not str(rijndael.__file__).endswith(".py")
+
+
+def test_which_build_is_imported() -> None:
+    # Not an assertion about speed: a record, in -v output, of what the suite ran against.
+    assert Path(str(rijndael.__file__)).name.startswith("rijndael")
+    assert PURE.__file__ == str(SOURCE)
+
+
+def test_pure_source_meets_fips197() -> None:
+    vector = spec_vectors()["fips197_c1"]
+    cipher = PURE.Rijndael(h(vector["key"]))
+    assert cipher.encrypt_block(h(vector["plaintext"])) == h(vector["ciphertext"])
+    assert cipher.decrypt_block(h(vector["ciphertext"])) == h(vector["plaintext"])
+
+
+@pytest.mark.parametrize("key_size", [16, 20])
+@given(data=st.binary(min_size=0, max_size=96).map(lambda b: b[: len(b) // 16 * 16]))
+def test_imported_build_matches_pure_source(key_size: int, data: bytes) -> None:
+    key = bytes(range(key_size))
+    tweaks = V6_TWEAKS if key_size == 16 else None
+    pure = PURE.Rijndael(key, tweaks=tweaks)
+    imported = rijndael.Rijndael(key, tweaks=tweaks)
+    iv = bytes(range(16, 32))
+    assert imported.round_keys == pure.round_keys
+    assert imported.cbc_encrypt(iv, data) == pure.cbc_encrypt(iv, data)
+    assert imported.cbc_decrypt(iv, data) == pure.cbc_decrypt(iv, data)
+    assert imported.cbc_mac(data + bytes(16)) == pure.cbc_mac(data + bytes(16))
+
+
+@pytest.mark.parametrize("module", [PURE, rijndael], ids=["pure", "imported"])
+@pytest.mark.parametrize(("iv", "data"), [(bytes(16), bytes(15)), (bytes(15), bytes(16))])
+def test_cbc_needs_a_block_iv_and_whole_blocks(module: ModuleType, iv: bytes, data: bytes) -> None:
+    cipher = module.Rijndael(bytes(16))
+    for run in (lambda: cipher.cbc_encrypt(iv, data), lambda: cipher.cbc_decrypt(iv, data)):
+        with pytest.raises(ValueError, match="16-byte"):
+            run()
+
+
+@pytest.mark.skipif(not COMPILED, reason="no compiled build installed")
+def test_compiled_build_is_an_extension_module() -> None:
+    assert str(rijndael.__file__).endswith((".so", ".pyd"))
