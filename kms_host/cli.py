@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from kms_host import cli_activate, cli_dns, cli_probe, cli_views
+from kms_host import cli_activate, cli_bench, cli_dns, cli_probe, cli_views
 from kms_host.app import check_catalog_settings, serve
 from kms_host.catalog import load_catalog
 from kms_host.config import Config, ConfigOverrides, load_config
@@ -30,6 +30,7 @@ _REGISTRARS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     cli_activate.register,
     cli_views.register,
     cli_probe.register,
+    cli_bench.register,
 )
 
 EXIT_OK = 0

@@ -147,7 +147,10 @@ class KmsClient:
         self, request: KmsRequest, *, rng: Callable[[int], bytes] = os.urandom
     ) -> ActivationResult:
         """Send one request and return the verified answer (HRESULT or response)."""
-        pending = build_request(request, rng=rng)
+        return await self.activate_pending(build_request(request, rng=rng))
+
+    async def activate_pending(self, pending: PendingRequest) -> ActivationResult:
+        """Send a request built beforehand (``bench`` builds its pool outside the timing)."""
         call_id = self._rpc.request(pending.wire)
         while True:
             for event in await self._exchange("call"):
