@@ -84,24 +84,26 @@ class KmsServer:
 
     async def start(self) -> list[tuple[str, int]]:
         """Bind every listen address; returns the bound (host, port) pairs."""
-        if self._listen:
-            for address in self._listen:
-                server = await asyncio.start_server(self._accept, address.host, address.port)
-                self._servers.append(server)
-        else:
-            self._servers.append(await self._start_default())
+        default = not self._listen
+        for address in self._listen or (ListenAddress("::", DEFAULT_PORT),):
+            self._servers.append(await self._bind(address, fallback=default))
         for server in self._servers:
             for sock in server.sockets:
                 name = sock.getsockname()
                 self.bound.append((str(name[0]), int(name[1])))
         return self.bound
 
-    async def _start_default(self) -> asyncio.Server:
+    async def _bind(self, address: ListenAddress, *, fallback: bool) -> asyncio.Server:
+        """Bind one address; ``::`` means dual-stack, as ``[::]:1688`` does on Windows."""
+        if address.host != "::":
+            return await asyncio.start_server(self._accept, address.host, address.port)
         try:
-            sock = _dual_stack_socket(DEFAULT_PORT)
+            sock = _dual_stack_socket(address.port)
         except OSError as exc:
-            log.info("ipv6_unavailable", error=str(exc), fallback="0.0.0.0:1688")
-            return await asyncio.start_server(self._accept, "0.0.0.0", DEFAULT_PORT)  # noqa: S104 - the documented default
+            if not fallback:
+                raise
+            log.info("ipv6_unavailable", error=str(exc), fallback=f"0.0.0.0:{address.port}")
+            return await asyncio.start_server(self._accept, "0.0.0.0", address.port)  # noqa: S104 - the documented default
         return await asyncio.start_server(self._accept, sock=sock)
 
     def _next_assoc_group(self) -> int:

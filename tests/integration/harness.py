@@ -129,7 +129,12 @@ class RunningHost:
 
 @contextlib.asynccontextmanager
 async def run_host(
-    tmp_path: Path, toml: str = "", *, clock: Clock | None = None, data_dir: Path | None = None
+    tmp_path: Path,
+    toml: str = "",
+    *,
+    clock: Clock | None = None,
+    data_dir: Path | None = None,
+    listen: str = "127.0.0.1:0",
 ) -> AsyncIterator[RunningHost]:
     """Start a real daemon on 127.0.0.1:0; stop it (gracefully) on exit."""
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,7 @@ async def run_host(
         config_path.write_text(toml, encoding="utf-8")
     data = data_dir or tmp_path / "data"
     config = load_config(
-        config_path, env={}, overrides=ConfigOverrides(listen=("127.0.0.1:0",), data_dir=data)
+        config_path, env={}, overrides=ConfigOverrides(listen=(listen,), data_dir=data)
     )
     clock = clock or Clock()
     stop = asyncio.Event()

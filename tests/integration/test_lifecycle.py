@@ -156,3 +156,16 @@ def test_bad_config_stops_the_start_with_the_key_name(tmp_path: Path) -> None:
     )
     assert check.returncode == 2
     assert "server.idle_timeout_s" in check.stderr
+
+
+@pytest.mark.asyncio
+async def test_listening_on_ipv6_any_is_dual_stack(tmp_path: Path) -> None:
+    # "[::]" takes IPv4 clients too, as the default [::]:1688 does (issue 3 part 1).
+    async with run_host(tmp_path, listen="[::]:0") as host:
+        for address in ("127.0.0.1", "::1"):
+            async with await KmsClient.connect(address, host.port) as client:
+                result = await client.activate(make_request())
+            assert result.hresult == 0
+    peers = [event["peer"] for event in host.events("activation")]
+    assert peers[0].startswith("127.0.0.1:")
+    assert peers[1].startswith("[::1]:")
