@@ -15,6 +15,15 @@ Theory of operation:
 * Durability. :meth:`record` commits before it returns, and the daemon answers only then:
   with ``synchronous = FULL`` an acknowledged activation survives power loss, with
   ``NORMAL`` (in WAL mode) a crash of the daemon.
+* Grouped commits. A COMMIT with ``synchronous = FULL`` is an fsync, and under load it was
+  most of the store's cost. So :meth:`record` calls that arrive while a batch is being
+  written wait in a queue; when the worker is free, up to :data:`RECORD_BATCH` of them run,
+  in arrival order, inside one ``BEGIN IMMEDIATE ... COMMIT``, each computing its own tally
+  after its own write. Their futures are resolved only once that COMMIT returned, so an
+  answer still means "on disk"; if the batch cannot commit, every caller in it gets the
+  :class:`StorageError` and nobody is told of a row that was lost. Each job runs inside its
+  own SAVEPOINT, so a job that fails on its own (a bad value, a constraint) is rolled back
+  alone and the others still commit, as if each had had its own transaction.
 * Counting. A tally must not cost a scan of every live client on every request, so
   triggers keep ``activations_by_hour`` (clients per app, hour of last counted activation
   and required count) in step with ``clients``; a tally sums the whole hours in the window
@@ -30,6 +39,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import collections
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar, TypeVarTuple
+from typing import Any, NamedTuple, TypeVar, TypeVarTuple
 
 from kms_host.errors import StorageError
 from kms_host.storage import AppTally, ClientRecord, RequestStats, Sighting
@@ -50,6 +60,11 @@ _Ts = TypeVarTuple("_Ts")
 
 BUSY_TIMEOUT_S = 10.0
 """How long a write waits for another process's transaction (the CLI's, at most a delete)."""
+
+RECORD_BATCH = 64
+"""Most :meth:`SqliteClientStore.record` calls sharing one transaction: enough to spread a
+COMMIT's fsync over a busy host's concurrent requests, few enough that a batch holds the
+write lock (and delays the CLI) for milliseconds only."""
 
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -268,7 +283,8 @@ def _tally(conn: sqlite3.Connection, app: str, since: datetime) -> AppTally:
     return AppTally(live_clients=live, max_required_count=cap)
 
 
-def _record(conn: sqlite3.Connection, sighting: Sighting, since: datetime) -> AppTally:
+def _write_sighting(conn: sqlite3.Connection, sighting: Sighting, since: datetime) -> AppTally:
+    """Store one sighting inside the caller's transaction; its tally then includes it."""
     seen_us = _micros(sighting.seen_at)
     params: dict[str, Any] = {
         "app": sighting.app,
@@ -287,10 +303,42 @@ def _record(conn: sqlite3.Connection, sighting: Sighting, since: datetime) -> Ap
         "activated_required_count": (sighting.required_client_count if sighting.counted else None),
         "failed": int(sighting.hresult != 0),
     }
+    conn.execute(_UPSERT_CLIENT, params)
+    conn.execute(_BUMP_STATS, params)
+    return _tally(conn, sighting.app, since)
+
+
+class _RecordJob(NamedTuple):
+    """One queued :meth:`SqliteClientStore.record` call and the future its caller awaits."""
+
+    sighting: Sighting
+    since: datetime
+    waiter: asyncio.Future[AppTally]
+
+
+def _record_batch(
+    conn: sqlite3.Connection, jobs: list[tuple[Sighting, datetime]]
+) -> list[AppTally | Exception]:
+    """Write ``jobs`` in order in one transaction; one outcome per job, valid once committed.
+
+    A job's own failure is rolled back to its SAVEPOINT and becomes its outcome, so the
+    others are unaffected, exactly as with a transaction each. If SQLite has rolled back the
+    whole transaction on its own (an I/O error, a full disk), the earlier jobs are gone too:
+    the error is raised and fails the batch. So does a failing COMMIT, after a ROLLBACK.
+    """
+    outcomes: list[AppTally | Exception] = []
     with _transaction(conn):
-        conn.execute(_UPSERT_CLIENT, params)
-        conn.execute(_BUMP_STATS, params)
-        return _tally(conn, sighting.app, since)
+        for sighting, since in jobs:
+            conn.execute("SAVEPOINT record")
+            try:
+                outcomes.append(_write_sighting(conn, sighting, since))
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK TO record")
+                outcomes.append(exc)
+            conn.execute("RELEASE record")
+    return outcomes
 
 
 def _tallies(conn: sqlite3.Connection, since: datetime) -> dict[str, AppTally]:
@@ -409,6 +457,8 @@ class SqliteClientStore:
         self._closed = False
         self._data_version: int | None = None  # worker thread only
         self._changed_elsewhere = False
+        self._queued: collections.deque[_RecordJob] = collections.deque()  # event loop only
+        self._writer: asyncio.Task[None] | None = None  # runs the batches while any are queued
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SqliteClientStore:
@@ -436,7 +486,10 @@ class SqliteClientStore:
             self._note_data_version(self._conn)
             return result
         except (sqlite3.Error, OSError) as exc:
-            raise StorageError(f"{self._path}: {exc}") from exc
+            raise self._storage_error(exc) from exc
+
+    def _storage_error(self, exc: sqlite3.Error | OSError) -> StorageError:
+        return StorageError(f"{self._path}: {exc}")
 
     def _note_data_version(self, conn: sqlite3.Connection) -> None:
         """``PRAGMA data_version`` moves only when *another* connection commits (SQLite docs)."""
@@ -451,7 +504,68 @@ class SqliteClientStore:
             self._conn = None
 
     async def record(self, sighting: Sighting, *, since: datetime) -> AppTally:
-        return await self._submit(_record, sighting, since)
+        """Queue ``sighting`` for the next batch and wait until that batch has committed."""
+        if self._closed:
+            raise StorageError(f"{self._path}: the client store is closed")
+        waiter: asyncio.Future[AppTally] = asyncio.get_running_loop().create_future()
+        self._queued.append(_RecordJob(sighting, since, waiter))
+        if self._writer is None:
+            # Started on the next loop iteration: records arriving until then join the batch.
+            self._writer = asyncio.create_task(self._write_batches(), name="kms-host-sqlite")
+        return await waiter
+
+    async def _write_batches(self) -> None:
+        """Run queued records in batches, one batch at a time, until the queue is empty.
+
+        One batch at a time is what makes batches: whatever arrives while the worker writes
+        one batch waits and goes into the next. Other store calls are not queued here; they
+        take their turn on the worker thread between batches.
+        """
+        batch: list[_RecordJob] = []
+        try:
+            while self._queued:
+                batch = self._next_batch()
+                if not batch:
+                    continue
+                jobs = [(job.sighting, job.since) for job in batch]
+                try:
+                    # Not _submit: records queued before close() are still written.
+                    outcomes = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self._in_thread, _record_batch, jobs
+                    )
+                except StorageError as exc:  # the transaction is lost: nobody in it committed
+                    outcomes = [exc] * len(batch)
+                for job, outcome in zip(batch, outcomes, strict=True):
+                    self._settle(job.waiter, outcome)
+        finally:
+            # Reached with waiters pending only if this task is cancelled (loop shutdown) or
+            # hits a bug: whether their batch committed is then unknown, so it is an error.
+            unknown = f"{self._path}: interrupted before its commit was known"
+            for job in (*batch, *self._queued):
+                self._settle(job.waiter, StorageError(unknown))
+            self._queued.clear()
+            self._writer = None
+
+    def _next_batch(self) -> list[_RecordJob]:
+        """Up to :data:`RECORD_BATCH` queued records, oldest first, skipping cancelled ones."""
+        batch: list[_RecordJob] = []
+        while self._queued and len(batch) < RECORD_BATCH:
+            job = self._queued.popleft()
+            if not job.waiter.done():  # a cancelled caller's record is not written
+                batch.append(job)
+        return batch
+
+    def _settle(self, waiter: asyncio.Future[AppTally], outcome: AppTally | Exception) -> None:
+        if waiter.done():  # its caller was cancelled meanwhile
+            return
+        if isinstance(outcome, AppTally):
+            waiter.set_result(outcome)
+        elif isinstance(outcome, (sqlite3.Error, OSError)):
+            error = self._storage_error(outcome)
+            error.__cause__ = outcome  # as ``raise ... from`` in _in_thread
+            waiter.set_exception(error)
+        else:
+            waiter.set_exception(outcome)
 
     async def tally(self, app: str, *, since: datetime) -> AppTally:
         return await self._submit(_tally, app, since)
@@ -488,6 +602,9 @@ class SqliteClientStore:
             return
         self._closed = True
         loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            # Records already queued are written and answered before the connection closes.
+            await asyncio.gather(asyncio.shield(self._writer), return_exceptions=True)
         try:
             await loop.run_in_executor(self._executor, self._close_in_thread)
         finally:

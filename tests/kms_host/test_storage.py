@@ -349,7 +349,7 @@ async def test_concurrent_records_give_a_consistent_tally(store: ClientStore) ->
     distinct = [sighting(n) for n in range(50)]
     repeats = [sighting(n, seen_at=T0 + DAY) for n in range(0, 50, 5)]
     tallies = await asyncio.gather(*(store.record(s, since=T0) for s in distinct + repeats))
-    # Each tally was taken in its own transaction, so the counts are exactly 1..50.
+    # Each tally is taken right after its own write, in order, so the counts are exactly 1..50.
     assert sorted({tally.live_clients for tally in tallies}) == list(range(1, 51))
     assert await store.tally("windows", since=T0) == AppTally(50, 25)
     assert (await store.stats()).total == 60

@@ -1,0 +1,195 @@
+"""Grouped commits: concurrent records share a transaction, and nobody hears of a lost row.
+
+COMMITs are counted with ``sqlite3``'s own trace callback on the store's worker connection,
+and failures are real SQLite failures (a deferred foreign key that fails at COMMIT, a trigger
+that aborts one statement), so these tests observe what the database did, not a stand-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from kms_host.errors import StorageError
+from kms_host.storage import DATABASE_FILE, AppTally, Sighting
+from kms_host.storage.sqlite import RECORD_BATCH, SqliteClientStore
+
+T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+POISON = "poison.lab.example"
+"""A machine name that the test triggers below turn into a failure."""
+
+
+def cmid(n: int) -> uuid.UUID:
+    return uuid.UUID(int=0x1000 + n)
+
+
+def sighting(n: int, **changes: Any) -> Sighting:
+    base = Sighting(
+        app="windows",
+        cmid=cmid(n),
+        machine_name=f"client{n:03}.lab.example",
+        sku_id=uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588"),
+        kms_id=uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148"),
+        license_status=1,
+        is_vm=False,
+        required_client_count=25,
+        protocol_version="6.0",
+        peer="192.0.2.1:49152",
+        hresult=0,
+        seen_at=T0,
+        counted=True,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteClientStore]:
+    opened = await SqliteClientStore.open(tmp_path / DATABASE_FILE)
+    yield opened
+    await opened.close()
+
+
+async def trace(store: SqliteClientStore) -> list[str]:
+    """Every statement the worker connection runs from now on, as SQLite reports it."""
+    statements: list[str] = []
+
+    def install(conn: sqlite3.Connection) -> None:
+        conn.set_trace_callback(statements.append)
+
+    await store._submit(install)
+    return statements
+
+
+async def run_sql(store: SqliteClientStore, *statements: str) -> None:
+    """Change the schema on the worker connection itself (it alone runs store jobs)."""
+
+    def job(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    await store._submit(job)
+
+
+def stored_cmids(tmp_path: Path) -> set[uuid.UUID]:
+    """What is on disk, read by a connection of its own."""
+    with sqlite3.connect(tmp_path / DATABASE_FILE) as conn:
+        return {uuid.UUID(row[0]) for row in conn.execute("SELECT cmid FROM clients")}
+
+
+@pytest.mark.asyncio
+async def test_concurrent_records_share_commits(store: SqliteClientStore) -> None:
+    statements = await trace(store)
+    tallies = await asyncio.gather(*(store.record(sighting(n), since=T0) for n in range(200)))
+    # Each job's tally is taken after its own write, in arrival order, within the batch.
+    assert sorted(tally.live_clients for tally in tallies) == list(range(1, 201))
+    assert await store.tally("windows", since=T0) == AppTally(200, 25)
+    commits = statements.count("COMMIT")
+    assert commits == -(-200 // RECORD_BATCH)  # all 200 queued at once: full batches
+    assert statements.count("BEGIN IMMEDIATE") == commits
+    assert (await store.stats()).total == 200
+
+
+@pytest.mark.asyncio
+async def test_a_failed_commit_fails_its_whole_batch_and_only_it(
+    store: SqliteClientStore, tmp_path: Path
+) -> None:
+    # A deferred foreign key is checked at COMMIT: the poisoned batch fails there, for real.
+    await run_sql(
+        store,
+        "PRAGMA foreign_keys = ON",
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY)",
+        "CREATE TABLE child (ref INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+        f"""CREATE TRIGGER poison AFTER INSERT ON clients WHEN new.machine_name = '{POISON}'
+        BEGIN INSERT INTO child VALUES (1); END""",
+    )
+    statements = await trace(store)
+    sightings = [sighting(n) for n in range(200)]
+    sightings[100] = sighting(100, machine_name=POISON)
+    outcomes = await asyncio.gather(
+        *(store.record(s, since=T0) for s in sightings), return_exceptions=True
+    )
+
+    failed = {cmid(n) for n, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)}
+    acknowledged = {cmid(n) for n, outcome in enumerate(outcomes) if isinstance(outcome, AppTally)}
+    assert all(
+        isinstance(outcome, AppTally)
+        or (isinstance(outcome, StorageError) and "FOREIGN KEY" in str(outcome))
+        for outcome in outcomes
+    )
+    # The batch that held record 100 (the second of 64) failed whole; the others committed.
+    assert failed == {cmid(n) for n in range(RECORD_BATCH, 2 * RECORD_BATCH)}
+    assert statements.count("COMMIT") == 4
+    assert statements.count("ROLLBACK") == 1
+    # No acknowledged row is missing, and no failed one was half-kept.
+    on_disk = stored_cmids(tmp_path)
+    assert acknowledged <= on_disk
+    assert not failed & on_disk
+    tallies = sorted(outcome.live_clients for outcome in outcomes if isinstance(outcome, AppTally))
+    assert tallies == list(range(1, len(acknowledged) + 1))
+    # The store carries on.
+    assert (await store.record(sighting(500), since=T0)).live_clients == len(acknowledged) + 1
+
+
+@pytest.mark.asyncio
+async def test_one_failing_record_does_not_sink_its_batch(
+    store: SqliteClientStore, tmp_path: Path
+) -> None:
+    # The client row is written, then the counters' statement aborts: the SAVEPOINT must
+    # take that row back while its neighbours in the same transaction commit.
+    await run_sql(
+        store,
+        """CREATE TRIGGER poison BEFORE INSERT ON request_stats WHEN new.license_status = 99
+        BEGIN SELECT RAISE(ABORT, 'poisoned counter'); END""",
+    )
+    statements = await trace(store)
+    sightings = [sighting(n) for n in range(10)]
+    sightings[3] = sighting(3, license_status=99)
+    naive = datetime(2024, 5, 1, 12)  # a bug the store must refuse
+    sightings[6] = sighting(6, seen_at=naive)
+    outcomes = await asyncio.gather(
+        *(store.record(s, since=T0) for s in sightings), return_exceptions=True
+    )
+
+    assert isinstance(outcomes[3], StorageError)
+    assert "poisoned counter" in str(outcomes[3])
+    assert isinstance(outcomes[6], ValueError)  # not a storage error: the caller's bug
+    tallies = [outcome for n, outcome in enumerate(outcomes) if n not in (3, 6)]
+    assert sorted(t.live_clients for t in tallies if isinstance(t, AppTally)) == list(range(1, 9))
+    assert statements.count("COMMIT") == 1
+    assert stored_cmids(tmp_path) == {cmid(n) for n in range(10)} - {cmid(3), cmid(6)}
+    assert (await store.stats()).total == 8
+
+
+@pytest.mark.asyncio
+async def test_close_writes_what_is_queued(tmp_path: Path) -> None:
+    store = await SqliteClientStore.open(tmp_path / DATABASE_FILE)
+    pending = [asyncio.ensure_future(store.record(sighting(n), since=T0)) for n in range(20)]
+    await asyncio.sleep(0)  # queued, not yet written
+    await store.close()
+    tallies = [task.result() for task in pending]  # all done: close() waited for them
+    assert sorted(tally.live_clients for tally in tallies) == list(range(1, 21))
+    assert stored_cmids(tmp_path) == {cmid(n) for n in range(20)}
+    with pytest.raises(StorageError, match="closed"):
+        await store.record(sighting(99), since=T0)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_record_still_queued_is_not_written(
+    store: SqliteClientStore, tmp_path: Path
+) -> None:
+    tasks = [asyncio.ensure_future(store.record(sighting(n), since=T0)) for n in range(5)]
+    await asyncio.sleep(0)
+    tasks[2].cancel()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(outcomes[2], asyncio.CancelledError)
+    assert stored_cmids(tmp_path) == {cmid(n) for n in (0, 1, 3, 4)}
