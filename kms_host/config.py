@@ -25,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from kms_host.converters import boolean, integer, number
 from kms_host.dns_config import DnsConfig, parse_dns_section
 from kms_host.errors import ConfigError
 from kms_host.scenario import ScenarioRule, parse_scenarios
@@ -96,34 +97,6 @@ def parse_listen(text: str) -> ListenAddress:
 
 
 # --- converters: raw TOML/env/CLI value -> typed field value, ValueError saying why not -----
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _integer(low: int, high: int) -> _Converter[int]:
-    def convert(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
-        if not low <= value <= high:
-            raise ValueError(f"must be from {low} to {high}, got {value}")
-        return value
-
-    return convert
-
-
-def _number(low: float, high: float) -> _Converter[float]:
-    def convert(value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number from {low:g} to {high:g}, got {value!r}")
-        if not low <= value <= high:  # also rejects nan
-            raise ValueError(f"must be from {low:g} to {high:g}, got {value!r}")
-        return float(value)
-
-    return convert
 
 
 def _one_of(*choices: _T) -> _Converter[_T]:
@@ -214,17 +187,17 @@ class ServerConfig:
     listen: tuple[ListenAddress, ...] = _option((), _listen_list)
     """Addresses as "HOST:PORT" (IPv6 in brackets). Default empty: dual-stack ``[::]:1688``,
     falling back to ``0.0.0.0:1688`` where IPv6 is off."""
-    idle_timeout_s: float = _option(30.0, _number(1, 600))
+    idle_timeout_s: float = _option(30.0, number(1, 600))
     """Seconds a connection may stay silent before it is closed. Default 30; 1..600."""
-    max_pdu_bytes: int = _option(4096, _integer(1024, 65535))
+    max_pdu_bytes: int = _option(4096, integer(1024, 65535))
     """Largest RPC PDU accepted, in bytes (a KMS request is under 1 KiB). Default 4096."""
-    max_connections: int = _option(1024, _integer(1, 65536))
+    max_connections: int = _option(1024, integer(1, 65536))
     """Open connections at once; more are refused. Default 1024; 1..65536."""
-    shutdown_grace_s: float = _option(5.0, _number(0, 300))
+    shutdown_grace_s: float = _option(5.0, number(0, 300))
     """Seconds calls in flight get to finish on SIGTERM before they are cancelled. Default 5."""
-    ndr64: bool = _option(True, _boolean)
+    ndr64: bool = _option(True, boolean)
     """Accept the NDR64 transfer syntax at BIND, as Windows Vista+ hosts do. Default true."""
-    btfn: bool = _option(True, _boolean)
+    btfn: bool = _option(True, boolean)
     """Acknowledge bind-time feature negotiation (BTFN), as Windows 7+ hosts do. Default true."""
 
 
@@ -239,13 +212,13 @@ class HostConfig:
     and kept in the data dir. Default {} (all generated)."""
     hwid: str = _option("", _hex_or_empty(16))
     """Host hardware ID as 16 hex digits (8 bytes, V6). Default "": generated and kept."""
-    activation_interval_min: int = _option(120, _integer(15, 43200))
+    activation_interval_min: int = _option(120, integer(15, 43200))
     """Minutes an unactivated client waits before retrying. Default 120; 15..43200."""
-    renewal_interval_min: int = _option(10080, _integer(15, 43200))
+    renewal_interval_min: int = _option(10080, integer(15, 43200))
     """Minutes an activated client waits before renewing. Default 10080 (7 days); 15..43200."""
     build: int = _option(17763, _one_of(6002, 7601, 9200, 9600, 14393, 17763, 20348, 26100))
     """Host OS build written into generated ePIDs. Default 17763 (Windows Server 2019)."""
-    lcid: int = _option(1033, _integer(1, 65535))
+    lcid: int = _option(1033, integer(1, 65535))
     """Locale ID written into generated ePIDs. Default 1033 (en-US)."""
 
 
@@ -253,17 +226,17 @@ class HostConfig:
 class PolicyConfig:
     """``[policy]``: how strictly requests are judged."""
 
-    refuse_unknown: bool = _option(False, _boolean)
+    refuse_unknown: bool = _option(False, boolean)
     """Refuse KMS counted IDs the catalog lacks (0xC004F042). Default false: accept and log."""
-    strict_sku: bool = _option(False, _boolean)
+    strict_sku: bool = _option(False, boolean)
     """Refuse a SKU the catalog puts in another group than claimed (0xC004F042). Default false."""
-    check_client_time: bool = _option(True, _boolean)
+    check_client_time: bool = _option(True, boolean)
     """Refuse clients whose clock is off by more than ``clock_skew_max_s``. Default true."""
-    clock_skew_max_s: int = _option(14400, _integer(60, 31536000))
+    clock_skew_max_s: int = _option(14400, integer(60, 31536000))
     """Largest accepted client clock offset, in seconds. Default 14400 (4 hours)."""
-    max_required_client_count: int = _option(1000, _integer(1, 1000000))
+    max_required_client_count: int = _option(1000, integer(1, 1000000))
     """Largest RequiredClientCount accepted; above it 0x8007000D. Default 1000."""
-    verify_v4_mac: bool = _option(True, _boolean)
+    verify_v4_mac: bool = _option(True, boolean)
     """Check the V4 request's hash and refuse a mismatch (0x8007000D). Default true."""
 
 
@@ -289,12 +262,12 @@ class CountingConfig:
     mode: CountingMode = _option(CountingMode.FAITHFUL, _member_of(CountingMode))  # noqa: RUF009
     """"faithful": distinct CMIDs in the window, capped at twice the threshold; "saturated":
     always twice the threshold; "fixed": always ``fixed_count``. Default "faithful"."""
-    fixed_count: int = _option(50, _integer(0, 100000))
+    fixed_count: int = _option(50, integer(0, 100000))
     """The count reported in "fixed" mode. Default 50."""
     prefill: Prefill = _option(Prefill.THRESHOLD, _member_of(Prefill))  # noqa: RUF009
     """"threshold": synthetic clients so the first real one sees the threshold; "none": an
     empty host. Default "threshold"."""
-    window_days: int = _option(30, _integer(1, 3650))
+    window_days: int = _option(30, integer(1, 3650))
     """Days a CMID keeps counting after its last activation. Default 30."""
 
 
@@ -343,7 +316,7 @@ class MetricsConfig:
 class ClockConfig:
     """``[clock]``: the host's notion of time, for lab scenarios."""
 
-    offset_s: float = _option(0.0, _number(-315_360_000, 315_360_000))
+    offset_s: float = _option(0.0, number(-315_360_000, 315_360_000))
     """Seconds added to the machine's UTC clock (negative: behind); moves clock-skew checks
     and the 30-day window. Default 0; at most 10 years either way."""
 

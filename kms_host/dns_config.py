@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from kms_host.converters import boolean, integer, number
 from kms_host.errors import ConfigError
 
 __all__ = [
@@ -172,33 +173,6 @@ def _ip_or_none(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return None
 
 
-def _integer(low: int, high: int) -> Callable[[object], int]:
-    def convert(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
-        return value
-
-    return convert
-
-
-def _number(low: float, high: float) -> Callable[[object], float]:
-    def convert(value: object) -> float:
-        wrong = ValueError(f"expected a number from {low:g} to {high:g}, got {value!r}")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise wrong
-        if not low <= value <= high:  # also rejects nan
-            raise wrong
-        return float(value)
-
-    return convert
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
 def _string(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -286,9 +260,9 @@ def _srv_target(table: _Table) -> SrvTarget:
         raise ConfigError("every [[dns.srv]] entry needs a target", key=f"{table.key}.target")
     entry = SrvTarget(
         target=target,
-        port=table.get("port", _integer(1, 65535), KMS_PORT),
-        priority=table.get("priority", _integer(0, 65535), 0),
-        weight=table.get("weight", _integer(0, 65535), 0),
+        port=table.get("port", integer(1, 65535), KMS_PORT),
+        priority=table.get("priority", integer(0, 65535), 0),
+        weight=table.get("weight", integer(0, 65535), 0),
         addresses=table.get("addresses", _list_of(_address), ()),
     )
     table.finish()
@@ -313,11 +287,11 @@ def _publish(table: _Table, default_zone: str) -> DnsPublishConfig:
         tsig_key_name=table.get("tsig_key_name", _name, ""),
         tsig_algorithm=table.get("tsig_algorithm", _algorithm, "hmac-sha256"),
         tsig_secret=table.get("tsig_secret", _base64, ""),
-        interval_s=table.get("interval_s", _number(60, 31536000), 86400.0),
-        retry_s=table.get("retry_s", _number(1, 86400), 900.0),
-        timeout_s=table.get("timeout_s", _number(0.1, 120), 5.0),
-        withdraw_on_stop=table.get("withdraw_on_stop", _boolean, True),
-        ttl_s=table.get("ttl_s", _integer(0, 2147483647), 3600),
+        interval_s=table.get("interval_s", number(60, 31536000), 86400.0),
+        retry_s=table.get("retry_s", number(1, 86400), 900.0),
+        timeout_s=table.get("timeout_s", number(0.1, 120), 5.0),
+        withdraw_on_stop=table.get("withdraw_on_stop", boolean, True),
+        ttl_s=table.get("ttl_s", integer(0, 2147483647), 3600),
     )
     table.finish()
     if not publish.zone:
@@ -334,10 +308,10 @@ def parse_dns_section(raw: Mapping[str, object]) -> DnsConfig:
     listen: tuple[tuple[str, int], ...] = table.get("listen", _list_of(_listen_address), ())
     zone = table.get("zone", _name_or_empty, "")
     srv = tuple(_srv_target(entry) for entry in table.items("srv"))
-    ttl_s = table.get("ttl_s", _integer(0, 2147483647), 3600)
-    qps = table.get("rate_limit_qps", _number(0.01, 1e6), 20.0)
-    burst = table.get("rate_limit_burst", _integer(1, 1000000), 40)
-    idle = table.get("tcp_idle_timeout_s", _number(0.1, 600), 10.0)
+    ttl_s = table.get("ttl_s", integer(0, 2147483647), 3600)
+    qps = table.get("rate_limit_qps", number(0.01, 1e6), 20.0)
+    burst = table.get("rate_limit_burst", integer(1, 1000000), 40)
+    idle = table.get("tcp_idle_timeout_s", number(0.1, 600), 10.0)
     table.used.add("publish")
     publish = _publish(_Table(raw["publish"], "dns.publish"), zone) if "publish" in raw else None
     table.finish()

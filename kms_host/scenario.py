@@ -63,6 +63,7 @@ from typing import Any, Final
 import structlog
 
 from kms_host.catalog import load_catalog
+from kms_host.converters import boolean, integer
 from kms_host.errors import ConfigError
 from protocol.kms import ProtocolVersion
 
@@ -280,15 +281,6 @@ def _protocol(value: object) -> int:
     return value
 
 
-def _integer(low: int, high: int) -> Callable[[object], int]:
-    def convert(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
-        return value
-
-    return convert
-
-
 def _status(value: object) -> int:
     """A non-zero 32-bit code, as a number or a "0x..." string (HRESULTs read best in hex)."""
     if isinstance(value, str):
@@ -296,13 +288,7 @@ def _status(value: object) -> int:
             value = int(value, 0)
         except ValueError:
             raise ValueError(f"expected a number such as '0xC004F042', got {value!r}") from None
-    return _integer(1, _U32)(value)
-
-
-def _flag(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
+    return integer(1, _U32)(value)
 
 
 _KEYS: Final[Mapping[str, Callable[[object], Any]]] = {
@@ -314,12 +300,12 @@ _KEYS: Final[Mapping[str, Callable[[object], Any]]] = {
     "peer": _network,
     "protocol": _protocol,
     "hresult": _status,
-    "count": _integer(0, _U32),
-    "delay_ms": _integer(0, _MAX_DELAY_MS),
-    "close": _flag,
+    "count": integer(0, _U32),
+    "delay_ms": integer(0, _MAX_DELAY_MS),
+    "close": boolean,
     "rpc_fault": _status,
-    "corrupt": _flag,
-    "every": _integer(1, 1_000_000),
+    "corrupt": boolean,
+    "every": integer(1, 1_000_000),
 }
 _ANSWERS: Final = ("hresult", "close", "rpc_fault")
 """Actions that replace the answer: at most one per rule, and none beside count/corrupt."""
