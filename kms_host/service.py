@@ -143,6 +143,10 @@ class ActivationService:
                 protocol=protocol,
                 latency_ms=_ms(started),
             )
+            try:
+                await self._store.count_unreadable()
+            except StorageError as storage_exc:
+                log.error("request_stats_failed", detail=str(storage_exc))
             self._observe(
                 started,
                 protocol=protocol,

@@ -99,8 +99,9 @@ class RequestStats:
     """Cumulative request counters, like ``slmgr /dlv``: never reset with the client table."""
 
     total: int
+    """Every request answered, including those that could not be read."""
     failed: int
-    """Requests answered with a non-zero HRESULT."""
+    """Requests answered with a non-zero HRESULT, including those that could not be read."""
     by_license_status: Mapping[int, int]
     """Requests per license status the client reported; every ``LicenseStatus`` is present."""
 
@@ -140,6 +141,14 @@ class ClientStore(Protocol):
 
     async def stats(self) -> RequestStats:
         """The cumulative request counters."""
+        ...
+
+    async def count_unreadable(self) -> None:
+        """Count a request answered with an error before it could be read (no CMID to record).
+
+        A genuine host's "failed requests received" counts these too (kms-host-behaviour 2.5);
+        they appear in ``total`` and ``failed`` but under no license status.
+        """
         ...
 
     async def sizes(self) -> dict[str, int]:

@@ -430,10 +430,19 @@ def _sizes(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT app, count(*) FROM clients GROUP BY app").fetchall())
 
 
+_UNREADABLE = -1
+"""The ``request_stats`` row of requests that failed before their license status was read."""
+
+
+def _count_unreadable(conn: sqlite3.Connection) -> None:
+    with _transaction(conn):
+        conn.execute(_BUMP_STATS, {"license_status": _UNREADABLE, "failed": 1})
+
+
 def _stats(conn: sqlite3.Connection) -> RequestStats:
     rows = conn.execute("SELECT license_status, requests, failed FROM request_stats").fetchall()
     by_status = dict.fromkeys(map(int, LicenseStatus), 0)
-    by_status.update((status, requests) for status, requests, _ in rows)
+    by_status.update((status, requests) for status, requests, _ in rows if status != _UNREADABLE)
     return RequestStats(
         total=sum(requests for _, requests, _ in rows),
         failed=sum(failed for _, _, failed in rows),
@@ -586,6 +595,9 @@ class SqliteClientStore:
 
     async def stats(self) -> RequestStats:
         return await self._submit(_stats)
+
+    async def count_unreadable(self) -> None:
+        await self._submit(_count_unreadable)
 
     async def seed(self, template: Sighting, count: int) -> list[uuid.UUID]:
         return await self._submit(_seed, template, count)

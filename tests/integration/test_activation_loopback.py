@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from harness import make_request, run_host
 
+from kms_host.storage import open_store
 from protocol.kms import ProtocolVersion, build_request
 from protocol.rpc import ResponseReceived, RpcClientConnection
 
@@ -117,3 +118,11 @@ async def test_unsupported_versions_get_invalid_data(tmp_path: Path, version_wor
     (event,) = host.events("activation")
     assert event["hresult"] == "0x8007000D"
     assert event["result"] == "malformed"
+    # A genuine host counts it among "failed requests received" (slmgr /dlv), under no status.
+    store = await open_store(host.data_dir)
+    try:
+        stats = await store.stats()
+    finally:
+        await store.close()
+    assert (stats.total, stats.failed) == (1, 1)
+    assert set(stats.by_license_status.values()) == {0}
