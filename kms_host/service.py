@@ -132,28 +132,21 @@ class ActivationService:
         try:
             opened = open_request(call.kms_message, verify_v4_mac=self._config.policy.verify_v4_mac)
         except KmsError as exc:
-            protocol = _peek(call.kms_message)
-            log.warning(
-                "activation",
-                **base,
-                hresult=_hex(exc.hresult),
-                result="malformed",
-                reason=type(exc).__name__,
-                detail=str(exc),
-                protocol=protocol,
-                latency_ms=_ms(started),
-            )
             try:
                 await self._store.count_unreadable()
             except StorageError as storage_exc:
                 log.error("request_stats_failed", detail=str(storage_exc))
-            self._observe(
+            self._finish(
+                log.warning,
                 started,
-                protocol=protocol,
+                {**base, "protocol": _peek(call.kms_message)},
                 app=None,
                 group=None,
-                hresult=exc.hresult,
+                code=exc.hresult,
                 result="malformed",
+                hresult=_hex(exc.hresult),
+                reason=type(exc).__name__,
+                detail=str(exc),
             )
             return KmsReply(hresult=exc.hresult)
         return await self._decide(opened, base, started)
@@ -202,32 +195,29 @@ class ActivationService:
             else:
                 tally = await self._store.record(sighting, since=now - self._window)
         except StorageError as exc:
-            log.error("activation", **fields, result="storage_failed", detail=str(exc))
-            self._observe(
+            self._finish(
+                log.error,
                 started,
-                protocol=fields["protocol"],
+                fields,
                 app=assessment.app,
                 group=group,
-                hresult=NCA_S_FAULT_UNSPEC,
+                code=NCA_S_FAULT_UNSPEC,
                 result="storage_failed",
+                detail=str(exc),
             )
             return KmsReply(fault_status=NCA_S_FAULT_UNSPEC)
         if refusal is not None:
-            (log.debug if probe else log.warning)(
-                "activation",
-                **fields,
-                hresult=_hex(refusal.hresult),
-                result="refused",
-                reason=refusal.reason,
-                latency_ms=_ms(started),
-            )
-            self._observe(
+            self._finish(
+                log.debug if probe else log.warning,
                 started,
-                protocol=fields["protocol"],
+                fields,
                 app=assessment.app,
                 group=group,
-                hresult=refusal.hresult,
-                result="probe" if probe else "refused",
+                code=refusal.hresult,
+                result="refused",
+                observed_as="probe" if probe else "refused",
+                hresult=_hex(refusal.hresult),
+                reason=refusal.reason,
             )
             return KmsReply(hresult=refusal.hresult)
         count = reported_count(
@@ -248,24 +238,17 @@ class ActivationService:
         message = seal_response(opened, response, hwid=self._identity.hwid, rng=self._rng)
         if rule is not None and rule.corrupt:
             message = corrupt(message, request.version, epid)
-        result = "probe" if probe else "activated"
-        (log.debug if probe else log.info)(
-            "activation",
-            **fields,
-            hresult=_hex(0),
-            result=result,
-            count=count,
-            epid=epid,
-            latency_ms=_ms(started),
-        )
-        self._observe(
+        self._finish(
+            log.debug if probe else log.info,
             started,
-            protocol=fields["protocol"],
+            fields,
             app=assessment.app,
             group=group,
-            hresult=0,
-            result=result,
+            code=0,
+            result="probe" if probe else "activated",
             count=count,
+            hresult=_hex(0),
+            epid=epid,
         )
         if not probe:
             await self._note_count(assessment.app, tally, since=now - self._window)
@@ -282,46 +265,58 @@ class ActivationService:
     ) -> KmsReply:
         """A ``close`` or ``rpc_fault`` rule: answer before the table, recording nothing."""
         if rule.rpc_fault is not None:
-            result, reply = "faulted", KmsReply(fault_status=rule.rpc_fault)
-            log.warning(
-                "activation",
-                **fields,
-                result=result,
+            self._finish(
+                log.warning,
+                started,
+                fields,
+                app=app,
+                group=group,
+                code=rule.rpc_fault,
+                result="faulted",
                 fault_status=_hex(rule.rpc_fault),
-                latency_ms=_ms(started),
             )
-        else:
-            result, reply = "dropped", KmsReply(close=True)
-            log.warning("activation", **fields, result=result, latency_ms=_ms(started))
-        self._observe(
-            started,
-            protocol=fields["protocol"],
-            app=app,
-            group=group,
-            hresult=rule.rpc_fault or 0,
-            result=result,
-        )
-        return reply
+            return KmsReply(fault_status=rule.rpc_fault)
+        self._finish(log.warning, started, fields, app=app, group=group, code=0, result="dropped")
+        return KmsReply(close=True)
 
-    def _observe(
+    def _finish(
         self,
+        emit: Callable[..., Any],
         started: float,
+        fields: dict[str, Any],
         *,
-        protocol: str | None,
         app: str | None,
         group: str | None,
-        hresult: int,
+        code: int,
         result: str,
+        observed_as: str | None = None,
         count: int | None = None,
+        **log_extra: Any,
     ) -> None:
+        """Emit the call's one ``activation`` event and report the same outcome to the observer.
+
+        ``code`` is the numeric HRESULT or fault status the observer counts; the event carries
+        what ``log_extra`` gives (the hex ``hresult``, a ``reason``, ...). ``observed_as`` lets
+        a refused probe be counted as ``probe`` while its event still says ``refused``.
+        """
+        latency = time.perf_counter() - started
+        counted = {} if count is None else {"count": count}
+        emit(
+            "activation",
+            **fields,
+            result=result,
+            **counted,
+            **log_extra,
+            latency_ms=round(latency * 1000, 3),
+        )
         self._observer.activation(
             ActivationOutcome(
-                protocol=protocol,
+                protocol=fields.get("protocol"),
                 app=app,
                 host_key_group=group,
-                hresult=hresult,
-                result=result,
-                latency_s=time.perf_counter() - started,
+                hresult=code,
+                result=observed_as or result,
+                latency_s=latency,
                 count=count,
             )
         )
@@ -385,10 +380,6 @@ def _subject(opened: OpenedRequest, assessment: Assessment, peer: str, *, probe:
         protocol=request.version.value,
         probe=probe,
     )
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _peek(message: bytes) -> str | None:
