@@ -22,6 +22,7 @@ from kms_host.config import HostConfig
 from kms_host.errors import ConfigError
 from protocol.errors import EpidError, ProtocolError
 from protocol.kms.epid import (
+    Epid,
     format_hwid,
     generate_epid,
     generate_hwid,
@@ -76,7 +77,7 @@ def _generate(
     host: HostConfig,
     today: date,
     rng: Callable[[int], bytes],
-) -> object:
+) -> Epid:
     build = catalog.host_build(host.build)
     earliest = max(group.release_date, build.release_date)
     return generate_epid(
