@@ -10,28 +10,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sightings import windows_sighting
 
 from kms_host.catalog import load_catalog
 from kms_host.config import ListenAddress
 from kms_host.metrics import PrometheusObserver, serve_metrics
 from kms_host.observe import ActivationOutcome, NullObserver
-from kms_host.storage import Sighting, open_store
+from kms_host.storage import open_store
 
 CATALOG = load_catalog()
-SEED = Sighting(
-    app="windows",
+SEED = windows_sighting(
+    0,
+    seen_at=datetime.now(UTC),
     cmid=uuid.UUID(int=0),
     machine_name="",
-    sku_id=uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588"),
-    kms_id=uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148"),
     license_status=1,
-    is_vm=False,
-    required_client_count=25,
-    protocol_version="6.0",
     peer="seed",
-    hresult=0,
-    seen_at=datetime.now(UTC),
-    counted=True,
 )
 
 

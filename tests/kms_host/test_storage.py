@@ -7,7 +7,6 @@ import dataclasses
 import random
 import sqlite3
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from sightings import WIN10_KMS, WIN10_SKU, cmid, windows_sighting
 
 from kms_host.errors import StorageError
 from kms_host.storage import DATABASE_FILE, AppTally, ClientStore, Sighting, open_store
@@ -22,32 +22,11 @@ from protocol.kms.messages import LicenseStatus
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 DAY = timedelta(days=1)
-WIN10_SKU = uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")
-WIN10_KMS = uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148")
 REFUSED = 0xC004F042
 
 
-def cmid(n: int) -> uuid.UUID:
-    return uuid.UUID(int=0x1000 + n)
-
-
 def sighting(n: int = 1, **changes: Any) -> Sighting:
-    base = Sighting(
-        app="windows",
-        cmid=cmid(n),
-        machine_name=f"client{n:02}.lab.example",
-        sku_id=WIN10_SKU,
-        kms_id=WIN10_KMS,
-        license_status=LicenseStatus.INITIAL_GRACE,
-        is_vm=False,
-        required_client_count=25,
-        protocol_version="6.0",
-        peer=f"192.0.2.{n % 250}:49152",
-        hresult=0,
-        seen_at=T0,
-        counted=True,
-    )
-    return dataclasses.replace(base, **changes)
+    return windows_sighting(n, **{"seen_at": T0, **changes})
 
 
 @pytest_asyncio.fixture

@@ -8,7 +8,6 @@ that aborts one statement), so these tests observe what the database did, not a 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from sightings import cmid, windows_sighting
 
 from kms_host.errors import StorageError
 from kms_host.storage import DATABASE_FILE, AppTally, Sighting
@@ -29,27 +29,8 @@ POISON = "poison.lab.example"
 """A machine name that the test triggers below turn into a failure."""
 
 
-def cmid(n: int) -> uuid.UUID:
-    return uuid.UUID(int=0x1000 + n)
-
-
 def sighting(n: int, **changes: Any) -> Sighting:
-    base = Sighting(
-        app="windows",
-        cmid=cmid(n),
-        machine_name=f"client{n:03}.lab.example",
-        sku_id=uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588"),
-        kms_id=uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148"),
-        license_status=1,
-        is_vm=False,
-        required_client_count=25,
-        protocol_version="6.0",
-        peer="192.0.2.1:49152",
-        hresult=0,
-        seen_at=T0,
-        counted=True,
-    )
-    return dataclasses.replace(base, **changes)
+    return windows_sighting(n, **{"seen_at": T0, **changes})
 
 
 @pytest_asyncio.fixture

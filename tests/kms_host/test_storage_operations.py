@@ -16,25 +16,14 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from sightings import windows_sighting
 
-from kms_host.storage import DATABASE_FILE, AppTally, ClientStore, Sighting, open_store
+from kms_host.storage import DATABASE_FILE, AppTally, ClientStore, open_store
 from kms_host.storage.sqlite import _v1_initial
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-TEMPLATE = Sighting(
-    app="windows",
-    cmid=uuid.UUID(int=0),
-    machine_name="",
-    sku_id=uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588"),
-    kms_id=uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148"),
-    license_status=1,
-    is_vm=False,
-    required_client_count=25,
-    protocol_version="6.0",
-    peer="seed",
-    hresult=0,
-    seen_at=T0,
-    counted=True,
+TEMPLATE = windows_sighting(
+    0, seen_at=T0, cmid=uuid.UUID(int=0), machine_name="", license_status=1, peer="seed"
 )
 
 
