@@ -2,9 +2,13 @@
 
 Following structlog's documented production setup (architecture 4.7): JSON lines when the
 output is a file, a pipe or a container log (or ``format = "json"``), the readable console
-renderer on a terminal (or ``format = "console"``). structlog events are handed to the
-standard ``logging`` machinery and rendered by a ``ProcessorFormatter``, so that records from
-``asyncio`` and other libraries go through the same chain and stdout stays uniformly JSON.
+renderer on a terminal (or ``format = "console"``). Our own events are rendered by structlog
+and written straight to the stream (``WriteLoggerFactory``): the detour through the standard
+``logging`` machinery cost about half of every ``activation`` event (two ``LogRecord``s, a
+caller lookup, a formatter; issue 7). Records from ``asyncio`` and other libraries still
+arrive through ``logging``; a ``ProcessorFormatter`` gives them the same processors and
+renderer, so stdout stays uniformly JSON. Each line is one ``write`` call, so lines from the
+two paths never interleave.
 
 Event names and fields are snake_case and stable: they are an API for whoever parses them.
 """
@@ -88,8 +92,8 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*shared, *final],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

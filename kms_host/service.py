@@ -100,6 +100,10 @@ class ActivationService:
         self._scenarios = scenarios or ScenarioBook()
         self._window = timedelta(days=config.counting.window_days)
         self._counts: dict[str, int] = {}
+        # A concrete logger, bound once: the module's lazy proxy rebuilds its logger on
+        # every call (loggers are not cached, so tests may reconfigure), a cost paid on
+        # every activation. The host is built after logging is configured.
+        self._log = log.bind()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -135,9 +139,9 @@ class ActivationService:
             try:
                 await self._store.count_unreadable()
             except StorageError as storage_exc:
-                log.error("request_stats_failed", detail=str(storage_exc))
+                self._log.error("request_stats_failed", detail=str(storage_exc))
             self._finish(
-                log.warning,
+                self._log.warning,
                 started,
                 {**base, "protocol": _peek(call.kms_message)},
                 app=None,
@@ -196,7 +200,7 @@ class ActivationService:
                 tally = await self._store.record(sighting, since=now - self._window)
         except StorageError as exc:
             self._finish(
-                log.error,
+                self._log.error,
                 started,
                 fields,
                 app=assessment.app,
@@ -208,7 +212,7 @@ class ActivationService:
             return KmsReply(fault_status=NCA_S_FAULT_UNSPEC)
         if refusal is not None:
             self._finish(
-                log.debug if probe else log.warning,
+                self._log.debug if probe else self._log.warning,
                 started,
                 fields,
                 app=assessment.app,
@@ -239,7 +243,7 @@ class ActivationService:
         if rule is not None and rule.corrupt:
             message = corrupt(message, request.version, epid)
         self._finish(
-            log.debug if probe else log.info,
+            self._log.debug if probe else self._log.info,
             started,
             fields,
             app=assessment.app,
@@ -266,7 +270,7 @@ class ActivationService:
         """A ``close`` or ``rpc_fault`` rule: answer before the table, recording nothing."""
         if rule.rpc_fault is not None:
             self._finish(
-                log.warning,
+                self._log.warning,
                 started,
                 fields,
                 app=app,
@@ -276,7 +280,9 @@ class ActivationService:
                 fault_status=_hex(rule.rpc_fault),
             )
             return KmsReply(fault_status=rule.rpc_fault)
-        self._finish(log.warning, started, fields, app=app, group=group, code=0, result="dropped")
+        self._finish(
+            self._log.warning, started, fields, app=app, group=group, code=0, result="dropped"
+        )
         return KmsReply(close=True)
 
     def _finish(
@@ -334,14 +340,14 @@ class ActivationService:
             try:
                 tallies = await self._store.tallies(since=since)
             except StorageError as exc:
-                log.warning("counts_reload_failed", detail=str(exc))
+                self._log.warning("counts_reload_failed", detail=str(exc))
             else:
                 counts = self._counts_from(counts, tallies)
         counts[app] = self._current(tally)
         if counts != self._counts:
             self._counts = counts
             ordered = dict(sorted(counts.items()))
-            log.info("counts", counts=ordered, changed=app)
+            self._log.info("counts", counts=ordered, changed=app)
             self._observer.counts(ordered)
 
     def _event_fields(self, opened: OpenedRequest, assessment: Assessment) -> dict[str, Any]:
