@@ -5,14 +5,14 @@ Default binding is what a genuine host does on a modern Windows: one dual-stack 
 (issue 3; spec 1.1). asyncio sets IPV6_V6ONLY on every AF_INET6 socket it creates, so the
 dual-stack socket is made here and handed over.
 
-Shutdown order (architecture 4.8, after uvicorn): stop accepting, cancel sessions that are
-idle in a read, give busy ones ``shutdown_grace_s`` to finish their call, cancel the rest.
+Shutdown order (architecture 4.8, after uvicorn): stop accepting, close sessions that are
+idle, give busy ones ``shutdown_grace_s`` to finish their call (they close right after
+answering it), abort the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -22,7 +22,7 @@ import structlog
 
 from kms_host.config import ListenAddress
 from kms_host.observe import HostObserver, NullObserver
-from kms_host.session import CallHandler, Session, format_peer
+from kms_host.session import CallHandler, Session
 from protocol.rpc import ServerSettings
 
 __all__ = ["DEFAULT_PORT", "KmsServer", "ServerLimits"]
@@ -74,7 +74,7 @@ class KmsServer:
         seed = assoc_group_seed() if assoc_group_seed else int.from_bytes(os.urandom(4), "little")
         self._assoc_group = seed
         self._servers: list[asyncio.Server] = []
-        self._sessions: dict[asyncio.Task[None], Session] = {}
+        self._sessions: dict[Session, asyncio.Future[None]] = {}
         self.bound: list[tuple[str, int]] = []
 
     @property
@@ -95,77 +95,73 @@ class KmsServer:
 
     async def _bind(self, address: ListenAddress, *, fallback: bool) -> asyncio.Server:
         """Bind one address; ``::`` means dual-stack, as ``[::]:1688`` does on Windows."""
+        loop = asyncio.get_running_loop()
         if address.host != "::":
-            return await asyncio.start_server(self._accept, address.host, address.port)
+            return await loop.create_server(self._new_session, address.host, address.port)
         try:
             sock = _dual_stack_socket(address.port)
         except OSError as exc:
             if not fallback:
                 raise
             log.info("ipv6_unavailable", error=str(exc), fallback=f"0.0.0.0:{address.port}")
-            return await asyncio.start_server(self._accept, "0.0.0.0", address.port)  # noqa: S104 - the documented default
-        return await asyncio.start_server(self._accept, sock=sock)
+            return await loop.create_server(self._new_session, "0.0.0.0", address.port)  # noqa: S104 - the documented default
+        return await loop.create_server(self._new_session, sock=sock)
 
     def _next_assoc_group(self) -> int:
         # vlmcsd style (spec 2.7): random at start, one more for every accepted connection.
         self._assoc_group = (self._assoc_group + 1) & 0xFFFFFFFF or 1
         return self._assoc_group
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _new_session(self) -> Session:
+        return Session(
+            handler=self._handler,
+            admit=self._admit,
+            on_finished=self._finished,
+            idle_timeout_s=self._limits.idle_timeout_s,
+            observer=self._observer,
+        )
+
+    def _admit(self, session: Session, transport: asyncio.Transport) -> ServerSettings | None:
+        """Take a new connection in, or refuse it when ``max_connections`` are open."""
         if len(self._sessions) >= self._limits.max_connections:
             self._observer.connection_refused()
             log.warning(
                 "connection_refused",
                 reason="max_connections",
-                peer=format_peer(writer.get_extra_info("peername")),
+                peer=session.peer,
                 max_connections=self._limits.max_connections,
             )
-            writer.close()
-            return
-        sockname = writer.get_extra_info("sockname")
-        settings = ServerSettings(
+            return None
+        sockname = transport.get_extra_info("sockname")
+        self._sessions[session] = asyncio.get_running_loop().create_future()
+        self._observer.connection_opened()
+        return ServerSettings(
             port=int(sockname[1]) if isinstance(sockname, tuple) else DEFAULT_PORT,
             assoc_group_id=self._next_assoc_group(),
             ndr64=self._limits.ndr64,
             btfn=self._limits.btfn,
             max_pdu_bytes=self._limits.max_pdu_bytes,
         )
-        session = Session(
-            reader,
-            writer,
-            handler=self._handler,
-            rpc_settings=settings,
-            idle_timeout_s=self._limits.idle_timeout_s,
-            observer=self._observer,
-        )
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions[task] = session
-        self._observer.connection_opened()
-        try:
-            # stop() cancels idle sessions; ending this callback task normally keeps Python
-            # 3.11's stream machinery from logging that cancellation as an error.
-            with contextlib.suppress(asyncio.CancelledError):
-                await session.run()
-        finally:
-            del self._sessions[task]
-            self._observer.connection_closed()
+
+    def _finished(self, session: Session) -> None:
+        """A session is over: its connection is gone and no call of it is in flight."""
+        self._sessions.pop(session).set_result(None)
+        self._observer.connection_closed()
 
     async def stop(self, grace_s: float) -> None:
-        """Stop accepting, let busy calls finish within ``grace_s``, cancel the rest."""
+        """Stop accepting, let busy calls finish within ``grace_s``, abort the rest."""
         for server in self._servers:
             server.close()
-        idle = [task for task, session in self._sessions.items() if not session.busy]
-        for task in idle:
-            task.cancel()
-        pending = set(self._sessions)
+        for session in list(self._sessions):
+            session.close_when_idle()
+        pending = dict(self._sessions)
         if pending:
-            _, still_running = await asyncio.wait(pending, timeout=grace_s)
-            for task in still_running:
-                task.cancel()
+            _, still_running = await asyncio.wait(pending.values(), timeout=grace_s)
             if still_running:
                 log.warning("shutdown_cancelled_connections", count=len(still_running))
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*pending, return_exceptions=True)
+                for session, finished in pending.items():
+                    if finished in still_running:
+                        session.abort()
+                await asyncio.wait(still_running)
         for server in self._servers:
             await server.wait_closed()
