@@ -16,9 +16,16 @@ import uuid
 from typing import Any, Final
 
 from protocol.rpc.constants import PFC
-from protocol.rpc.pdus import CommonHeader, Request, Response
+from protocol.rpc.pdus import CommonHeader, Pdu, Request, Response
 
-__all__ = ["build_request", "build_response", "parse_header", "request_fields", "response_fields"]
+__all__ = [
+    "build_request",
+    "build_response",
+    "parse_header",
+    "request_fields",
+    "response_fields",
+    "with_header",
+]
 
 _HEADER: Final = struct.Struct("<BBBB4sHHI")  # spec 1.2; schema.CommonHeader
 _REQUEST_HEAD: Final = struct.Struct("<IHH")  # spec 3.2; schema.REQUEST_BODY
@@ -64,7 +71,8 @@ def response_fields(body: bytes) -> dict[str, Any] | None:
     }
 
 
-def _with_header(pdu: Request | Response, pfc_flags: int, body: bytes) -> bytes | None:
+def with_header(pdu: Pdu, pfc_flags: int, body: bytes) -> bytes | None:
+    """``body`` behind its common header (spec 1.2), ``frag_length`` computed, or None."""
     try:
         header = _HEADER.pack(
             pdu.rpc_vers,
@@ -91,7 +99,7 @@ def build_request(pdu: Request) -> bytes | None:
     except struct.error:
         return None
     raw_object = b"" if pdu.object_uuid is None else pdu.object_uuid.bytes_le
-    return _with_header(pdu, flags, head + raw_object + pdu.stub)
+    return with_header(pdu, flags, head + raw_object + pdu.stub)
 
 
 def build_response(pdu: Response) -> bytes | None:
@@ -100,4 +108,4 @@ def build_response(pdu: Response) -> bytes | None:
         head = _RESPONSE_HEAD.pack(pdu.alloc_hint, pdu.context_id, pdu.cancel_count)
     except struct.error:
         return None
-    return _with_header(pdu, pdu.pfc_flags, head + pdu.stub)
+    return with_header(pdu, pdu.pfc_flags, head + pdu.stub)
