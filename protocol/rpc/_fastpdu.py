@@ -7,6 +7,12 @@ layout of record and :mod:`protocol.rpc.codec` its only user: each function here
 flag, a value out of range), and the codec then takes the ``construct`` path, which
 produces exactly the result or the error it always did. ``tests/protocol/test_rpc_fastpdu.py``
 holds both paths to the same answers.
+
+Covered here: the common header (spec 1.2), request (3.2) and response (3.3) PDUs, and
+:func:`with_header`, which every fast builder uses. The context-negotiation PDUs of a
+fresh connection (bind, alter_context and their acks, spec 2.2-2.3) follow the same rule
+in :mod:`protocol.rpc._fastbind`. bind_nak and fault are rare (refusals) and keep the
+``construct`` path only.
 """
 
 from __future__ import annotations
