@@ -7,6 +7,12 @@ layout of record and :mod:`protocol.rpc.codec` its only user: each function here
 flag, a value out of range), and the codec then takes the ``construct`` path, which
 produces exactly the result or the error it always did. ``tests/protocol/test_rpc_fastpdu.py``
 holds both paths to the same answers.
+
+Covered here: the common header (spec 1.2), request (3.2) and response (3.3) PDUs, and
+:func:`with_header`, which every fast builder uses. The context-negotiation PDUs of a
+fresh connection (bind, alter_context and their acks, spec 2.2-2.3) follow the same rule
+in :mod:`protocol.rpc._fastbind`. bind_nak and fault are rare (refusals) and keep the
+``construct`` path only.
 """
 
 from __future__ import annotations
@@ -16,9 +22,16 @@ import uuid
 from typing import Any, Final
 
 from protocol.rpc.constants import PFC
-from protocol.rpc.pdus import CommonHeader, Request, Response
+from protocol.rpc.pdus import CommonHeader, Pdu, Request, Response
 
-__all__ = ["build_request", "build_response", "parse_header", "request_fields", "response_fields"]
+__all__ = [
+    "build_request",
+    "build_response",
+    "parse_header",
+    "request_fields",
+    "response_fields",
+    "with_header",
+]
 
 _HEADER: Final = struct.Struct("<BBBB4sHHI")  # spec 1.2; schema.CommonHeader
 _REQUEST_HEAD: Final = struct.Struct("<IHH")  # spec 3.2; schema.REQUEST_BODY
@@ -64,7 +77,8 @@ def response_fields(body: bytes) -> dict[str, Any] | None:
     }
 
 
-def _with_header(pdu: Request | Response, pfc_flags: int, body: bytes) -> bytes | None:
+def with_header(pdu: Pdu, pfc_flags: int, body: bytes) -> bytes | None:
+    """``body`` behind its common header (spec 1.2), ``frag_length`` computed, or None."""
     try:
         header = _HEADER.pack(
             pdu.rpc_vers,
@@ -91,7 +105,7 @@ def build_request(pdu: Request) -> bytes | None:
     except struct.error:
         return None
     raw_object = b"" if pdu.object_uuid is None else pdu.object_uuid.bytes_le
-    return _with_header(pdu, flags, head + raw_object + pdu.stub)
+    return with_header(pdu, flags, head + raw_object + pdu.stub)
 
 
 def build_response(pdu: Response) -> bytes | None:
@@ -100,4 +114,4 @@ def build_response(pdu: Response) -> bytes | None:
         head = _RESPONSE_HEAD.pack(pdu.alloc_hint, pdu.context_id, pdu.cancel_count)
     except struct.error:
         return None
-    return _with_header(pdu, pdu.pfc_flags, head + pdu.stub)
+    return with_header(pdu, pdu.pfc_flags, head + pdu.stub)

@@ -7,9 +7,12 @@ inverse. Every ``construct`` failure is converted here, exactly once, into
 header was readable (architecture 4.4), so that the connection can answer with a fault
 for the right call (spec 3.5).
 
-Requests, responses and the common header, the PDUs of every activation, are read and
-written with ``struct`` first (:mod:`protocol.rpc._fastpdu`); anything that path declines
-takes the ``construct`` one, so errors and edge cases are the schema's.
+The PDUs of an activation are read and written with ``struct`` first: the common header,
+requests and responses (:mod:`protocol.rpc._fastpdu`), and bind, alter_context and their
+acks, which a fresh connection per activation pays for every time
+(:mod:`protocol.rpc._fastbind`). Anything those paths decline takes the ``construct`` one,
+so errors and edge cases are the schema's. bind_nak and fault, sent only to refuse, have
+the ``construct`` path alone.
 
 The codec checks structure, not policy: version numbers, ``auth_length`` and flags are
 reported as read and judged by the state machines. Bytes after a bind's last context
@@ -26,7 +29,7 @@ from typing import Any
 from construct import ConstructError, Container
 
 from protocol.errors import MalformedPdu
-from protocol.rpc import _fastpdu, schema
+from protocol.rpc import _fastbind, _fastpdu, schema
 from protocol.rpc.constants import PFC, PType
 from protocol.rpc.pdus import (
     AlterContext,
@@ -109,6 +112,10 @@ def build_pdu(pdu: Pdu) -> bytes:
     """Encode a PDU; ``frag_length`` is computed and ``packed_drep`` is little-endian."""
     pfc_flags = pdu.pfc_flags
     match pdu:
+        case Bind() | AlterContext() if (fast := _fastbind.build_proposal(pdu)) is not None:
+            return fast
+        case BindAck() | AlterContextResp() if (fast := _fastbind.build_reply(pdu)) is not None:
+            return fast
         case Bind() | AlterContext():
             body = schema.BIND_BODY.build(_proposal_fields(pdu))
         case BindAck() | AlterContextResp():
@@ -194,6 +201,9 @@ def _port_string(raw: bytes) -> str:
 
 
 def _proposal(body: bytes) -> _Fields:
+    fast = _fastbind.proposal_fields(body)
+    if fast is not None:
+        return fast
     raw = schema.BIND_BODY.parse(body)
     return {
         "max_xmit_frag": raw.max_xmit_frag,
@@ -227,6 +237,9 @@ def _proposal_fields(pdu: Bind | AlterContext) -> _Fields:
 
 
 def _reply(body: bytes) -> _Fields:
+    fast = _fastbind.reply_fields(body)
+    if fast is not None:
+        return fast
     raw = schema.BIND_ACK_BODY.parse(body)
     return {
         "max_xmit_frag": raw.max_xmit_frag,

@@ -1,16 +1,18 @@
 """The RPC codec gives the same answers with and without its struct fast paths.
 
 ``construct`` (protocol.rpc.schema) is the layout of record: every captured PDU, generated
-requests and responses, and arbitrary or truncated bytes parse and build identically on
-both paths, errors included (same type, same message, same call_id).
+requests, responses, binds, alter_contexts and their acks, and arbitrary, mutated or
+truncated bytes parse and build identically on both paths, errors included (same type, same
+message, same call_id).
 """
 
 from __future__ import annotations
 
 import contextlib
+import struct
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from hypothesis import given
@@ -18,26 +20,48 @@ from hypothesis import strategies as st
 from rpc_vectors import all_exchanges
 
 from protocol.errors import MalformedPdu
-from protocol.rpc import _fastpdu
+from protocol.rpc import _fastbind, _fastpdu, schema
 from protocol.rpc.codec import build_pdu, parse_header, parse_pdu
-from protocol.rpc.constants import PFC
-from protocol.rpc.pdus import Request, Response
+from protocol.rpc.constants import PFC, PType
+from protocol.rpc.negotiation import KMS_INTERFACE_ID, NULL_SYNTAX, SYNTAX_IDS, btfn_syntax
+from protocol.rpc.pdus import (
+    AlterContext,
+    AlterContextResp,
+    Bind,
+    BindAck,
+    ContextElement,
+    ContextResultItem,
+    Request,
+    Response,
+    SyntaxId,
+)
 
 EXCHANGES = all_exchanges()
-FAST = ("parse_header", "request_fields", "response_fields", "build_request", "build_response")
+FAST = (
+    (_fastpdu, "parse_header"),
+    (_fastpdu, "request_fields"),
+    (_fastpdu, "response_fields"),
+    (_fastpdu, "build_request"),
+    (_fastpdu, "build_response"),
+    (_fastbind, "proposal_fields"),
+    (_fastbind, "reply_fields"),
+    (_fastbind, "build_proposal"),
+    (_fastbind, "build_reply"),
+)
+NEGOTIATION = ("bind", "bind_ack", "alter_context", "alter_context_resp")
 
 
 @contextlib.contextmanager
 def construct_only() -> Iterator[None]:
     """Make every fast path decline, so that the codec takes the construct one."""
-    saved = {name: getattr(_fastpdu, name) for name in FAST}
+    saved = [(module, name, getattr(module, name)) for module, name in FAST]
     try:
-        for name in FAST:
-            setattr(_fastpdu, name, lambda *_: None)
+        for module, name, _ in saved:
+            setattr(module, name, lambda *_: None)
         yield
     finally:
-        for name, function in saved.items():
-            setattr(_fastpdu, name, function)
+        for module, name, function in saved:
+            setattr(module, name, function)
 
 
 def outcome(function: Callable[..., Any], *args: Any) -> Any:
@@ -55,9 +79,56 @@ def same(function: Callable[..., Any], *args: Any) -> Any:
     return fast
 
 
+def build_outcome(pdu: Any) -> tuple[object, ...]:
+    try:
+        return ("ok", build_pdu(pdu))
+    except Exception as exc:  # noqa: BLE001 - the two paths must fail alike
+        return ("error", type(exc), str(exc))
+
+
+def built_alike(pdu: Any) -> bytes | None:
+    """``build_pdu(pdu)`` once both paths gave the same bytes or the same error (then None)."""
+    fast = build_outcome(pdu)
+    with construct_only():
+        assert build_outcome(pdu) == fast
+    built = fast[1]
+    return built if isinstance(built, bytes) else None
+
+
+def test_construct_only_disables_every_fast_path() -> None:
+    public = {(_fastpdu, name) for name in _fastpdu.__all__ if name != "with_header"}
+    assert public | {(_fastbind, name) for name in _fastbind.__all__} == set(FAST)
+
+
 def test_the_fast_paths_are_taken() -> None:
     data = EXCHANGES[0][1].data
     assert _fastpdu.parse_header(data) == parse_header(data)
+
+
+class _Unreachable:
+    """Stands in for a construct layout that the fast path should make unnecessary."""
+
+    def parse(self, *_: object) -> NoReturn:
+        raise AssertionError("the construct path was taken")
+
+    build = parse
+
+
+@pytest.mark.parametrize(
+    "exchange",
+    [e for _, e in EXCHANGES if e.ptype in NEGOTIATION],
+    ids=[i for i, e in EXCHANGES if e.ptype in NEGOTIATION],
+)
+def test_the_fast_paths_are_taken_for_captured_negotiations(
+    exchange: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with construct_only():
+        expected = parse_pdu(exchange.data)
+        rebuilt = build_pdu(expected)
+    monkeypatch.setattr(schema, "BIND_BODY", _Unreachable())
+    monkeypatch.setattr(schema, "BIND_ACK_BODY", _Unreachable())
+    assert parse_pdu(exchange.data) == expected
+    assert build_pdu(expected) == rebuilt
 
 
 @pytest.mark.parametrize("exchange", [e for _, e in EXCHANGES], ids=[i for i, _ in EXCHANGES])
@@ -66,6 +137,10 @@ def test_captured_pdus_agree(exchange: Any) -> None:
     assert kind == "ok"
     same(build_pdu, pdu)
     same(parse_header, exchange.data)
+
+
+def test_the_truncated_sample_has_every_captured_pdu_type() -> None:
+    assert {e.ptype for _, e in EXCHANGES[:12]} == {e.ptype for _, e in EXCHANGES}
 
 
 @pytest.mark.parametrize(
@@ -79,11 +154,20 @@ def test_truncated_captured_pdus_agree(exchange: Any) -> None:
         same(parse_pdu, bytes(frame))
 
 
+def frame_of(ptype: int, flags: int, body: bytes) -> bytes:
+    """``body`` behind a little-endian 5.0 header with a consistent frag_length, call_id 7."""
+    header = bytes([5, 0, ptype, flags]) + b"\x10\x00\x00\x00"
+    return header + (16 + len(body)).to_bytes(2, "little") + b"\x00\x00\x07\x00\x00\x00" + body
+
+
 @given(st.binary(max_size=120), st.sampled_from([0x00, 0x02]), st.integers(0, 255))
 def test_arbitrary_request_and_response_bodies_agree(body: bytes, ptype: int, flags: int) -> None:
-    header = bytes([5, 0, ptype, flags]) + b"\x10\x00\x00\x00"
-    frame = header + (16 + len(body)).to_bytes(2, "little") + b"\x00\x00\x07\x00\x00\x00" + body
-    same(parse_pdu, frame)
+    same(parse_pdu, frame_of(ptype, flags, body))
+
+
+@given(st.binary(max_size=160), st.sampled_from([PType[name.upper()] for name in NEGOTIATION]))
+def test_arbitrary_negotiation_bodies_agree(body: bytes, ptype: int) -> None:
+    same(parse_pdu, frame_of(ptype, 0x13, body))
 
 
 @given(st.binary(max_size=40))
@@ -91,6 +175,7 @@ def test_arbitrary_headers_agree(data: bytes) -> None:
     same(parse_header, data)
 
 
+u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFF_FFFF)
 
@@ -122,15 +207,9 @@ def test_generated_requests_agree(
         object_uuid=object_uuid,
         stub=stub,
     )
-    try:
-        built = build_pdu(pdu)
-    except Exception as fast_error:  # noqa: BLE001 - the two paths must fail alike
-        with construct_only(), pytest.raises(type(fast_error)):
-            build_pdu(pdu)
-        return
-    with construct_only():
-        assert build_pdu(pdu) == built
-    same(parse_pdu, built)
+    built = built_alike(pdu)
+    if built is not None:
+        same(parse_pdu, built)
 
 
 @given(call_id=u32, alloc_hint=u32, context_id=u16, cancel=st.integers(0, 256), stub=st.binary())
@@ -145,12 +224,153 @@ def test_generated_responses_agree(
         cancel_count=cancel,
         stub=stub,
     )
-    try:
-        built = build_pdu(pdu)
-    except Exception as fast_error:  # noqa: BLE001 - the two paths must fail alike
-        with construct_only(), pytest.raises(type(fast_error)):
-            build_pdu(pdu)
+    built = built_alike(pdu)
+    if built is not None:
+        same(parse_pdu, built)
+
+
+# --- bind, alter_context and their acks (spec 2.2, 2.3) ----------------------------------
+
+NDR32 = next(iter(SYNTAX_IDS.values()))
+# The syntaxes of a KMS negotiation (which the fast parser shares), near misses, and any.
+KNOWN = [KMS_INTERFACE_ID, NULL_SYNTAX, *SYNTAX_IDS.values(), btfn_syntax(3), btfn_syntax(1)]
+
+
+def ints(bits: int, *, wide: bool) -> st.SearchStrategy[int]:
+    """Unsigned ``bits``-bit values; ``wide`` adds one past either end, refused by both paths."""
+    return st.integers(-1 if wide else 0, 2**bits if wide else 2**bits - 1)
+
+
+def negotiation_pdus(*, wide: bool) -> st.SearchStrategy[Any]:
+    """Binds, alter_contexts and their acks: 0..3 contexts or results, 0..3 transfer syntaxes.
+
+    Secondary addresses of 0..8 digits give every padding length (spec 2.3: L = digits + 1);
+    with ``wide``, also any text, so non-ASCII (refused when building) and NUL (refused when
+    parsing).
+    """
+    syntaxes = st.sampled_from(KNOWN) | st.builds(SyntaxId, st.uuids(), ints(32, wide=wide))
+    elements = st.builds(
+        ContextElement,
+        ints(16, wide=wide),
+        syntaxes,
+        st.lists(syntaxes, max_size=3).map(tuple),
+    )
+    results = st.builds(ContextResultItem, ints(16, wide=wide), ints(16, wide=wide), syntaxes)
+    addresses = st.text("0123456789", max_size=8)
+    common = {
+        "call_id": ints(32, wide=wide),
+        "pfc_flags": st.builds(PFC, u8),
+        "rpc_vers": u8,
+        "rpc_vers_minor": u8,
+        "auth_length": u16,
+        "max_xmit_frag": ints(16, wide=wide),
+        "max_recv_frag": u16,
+        "assoc_group_id": ints(32, wide=wide),
+    }
+    proposal = {"contexts": st.lists(elements, max_size=3).map(tuple)}
+    reply = {
+        "secondary_address": addresses | st.text(max_size=4) if wide else addresses,
+        "results": st.lists(results, max_size=3).map(tuple),
+    }
+    return st.one_of(
+        st.builds(Bind, **common, **proposal),
+        st.builds(AlterContext, **common, **proposal),
+        st.builds(BindAck, **common, **reply),
+        st.builds(AlterContextResp, **common, **reply),
+    )
+
+
+@given(negotiation_pdus(wide=True))
+def test_generated_negotiation_pdus_agree_and_round_trip(pdu: Any) -> None:
+    built = built_alike(pdu)
+    if built is None:
         return
-    with construct_only():
-        assert build_pdu(pdu) == built
-    same(parse_pdu, built)
+    parsed = same(parse_pdu, built)
+    if "\0" in getattr(pdu, "secondary_address", ""):
+        assert parsed[0] == "error"  # built as given, refused by _port_string on both paths
+    else:
+        assert parsed == ("ok", pdu)
+
+
+@given(negotiation_pdus(wide=False), st.data())
+def test_mutated_negotiation_pdus_agree(pdu: Any, data: st.DataObject) -> None:
+    wire = bytearray(build_pdu(pdu))
+    for _ in range(data.draw(st.integers(0, 3))):
+        wire[data.draw(st.integers(16, len(wire) - 1))] = data.draw(u8)
+    wire = wire[: data.draw(st.integers(16, len(wire)))] + data.draw(st.binary(max_size=8))
+    struct.pack_into("<H", wire, 8, len(wire))  # keep frag_length consistent
+    same(parse_pdu, bytes(wire))
+
+
+@given(
+    sec_addr=st.binary(max_size=9) | st.text("0123456789", max_size=8).map(str.encode),
+    terminate=st.booleans(),
+    stale=st.binary(min_size=3, max_size=3),
+    results=st.lists(st.binary(min_size=24, max_size=24), max_size=3),
+    ptype=st.sampled_from([PType.BIND_ACK, PType.ALTER_CONTEXT_RESP]),
+)
+def test_secondary_addresses_and_stale_padding_agree(
+    sec_addr: bytes, terminate: bool, stale: bytes, results: list[bytes], ptype: int
+) -> None:
+    sec_addr += b"\0" if terminate else b""
+    start = 26 + len(sec_addr)
+    padding = stale[: (start + 3) // 4 * 4 - start]  # spec 2.3: n_results at align4(26 + L)
+    head = struct.pack("<HHIH", 5840, 5840, 7, len(sec_addr))
+    body = head + sec_addr + padding + bytes([len(results), 0, 0, 0]) + b"".join(results)
+    parsed = same(parse_pdu, frame_of(ptype, 0x03, body))
+    one_string = sec_addr.isascii() and sec_addr.find(0) == len(sec_addr) - 1
+    assert (parsed[0] == "ok") == (not sec_addr or one_string)
+
+
+@pytest.mark.parametrize("digits", range(8))
+def test_every_padding_is_zeros_and_aligns_n_results(digits: int) -> None:
+    length = digits + 1 if digits else 0  # sec_addr.length counts the NUL (spec 2.3)
+    pdu = BindAck(
+        call_id=2,
+        max_xmit_frag=5840,
+        max_recv_frag=5840,
+        assoc_group_id=7,
+        secondary_address="7" * digits,
+        results=(ContextResultItem(0, 0, NDR32),),
+    )
+    wire = built_alike(pdu)
+    assert wire is not None
+    n_results_at = (26 + length + 3) // 4 * 4
+    assert wire[26 + length : n_results_at] == bytes(n_results_at - 26 - length)
+    assert wire[n_results_at : n_results_at + 4] == b"\x01\x00\x00\x00"
+    assert len(wire) == n_results_at + 4 + 24
+    assert same(parse_pdu, wire) == ("ok", pdu)
+
+
+def _bind(*contexts: ContextElement) -> Bind:
+    return Bind(
+        call_id=2, max_xmit_frag=5840, max_recv_frag=5840, assoc_group_id=0, contexts=contexts
+    )
+
+
+def _bind_ack(address: str, *results: ContextResultItem) -> BindAck:
+    return BindAck(
+        call_id=2,
+        max_xmit_frag=5840,
+        max_recv_frag=5840,
+        assoc_group_id=7,
+        secondary_address=address,
+        results=results,
+    )
+
+
+NDR32_ELEMENT = ContextElement(0, KMS_INTERFACE_ID, (NDR32,))
+ACCEPTED = ContextResultItem(0, 0, NDR32)
+OUT_OF_RANGE = {
+    "256 contexts": _bind(*[NDR32_ELEMENT] * 256),
+    "256 transfer syntaxes": _bind(ContextElement(0, KMS_INTERFACE_ID, (NDR32,) * 256)),
+    "frag_length over 65535": _bind(*[ContextElement(0, KMS_INTERFACE_ID, (NDR32,) * 13)] * 255),
+    "256 results": _bind_ack("1688", *[ACCEPTED] * 256),
+    "sec_addr.length over 65535": _bind_ack("1" * 65535, ACCEPTED),
+    "non-ASCII secondary address": _bind_ack("\uff11\uff16\uff18\uff18", ACCEPTED),
+}
+
+
+@pytest.mark.parametrize("pdu", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE.keys())
+def test_unbuildable_negotiation_pdus_fail_alike(pdu: Any) -> None:
+    assert built_alike(pdu) is None
