@@ -70,6 +70,25 @@ async def test_calls_sent_in_one_segment_are_answered_in_order(tmp_path: Path) -
     assert len(host.events("activation")) == 3
 
 
+async def test_a_call_arriving_during_another_waits_its_turn(tmp_path: Path) -> None:
+    first, second = (build_request(make_request(), rng=os.urandom) for _ in range(2))
+    async with run_host(tmp_path, "[[scenario]]\ndelay_ms = 300\n") as host:
+        reader, writer, rpc = await bound_connection(host.port)
+        loop = asyncio.get_running_loop()
+        rpc.request(first.wire)
+        writer.write(rpc.data_to_send())
+        sent = loop.time()
+        await asyncio.sleep(0.1)  # the first call is in the service's delay now
+        rpc.request(second.wire)
+        writer.write(rpc.data_to_send())
+        answered = await responses(reader, rpc, 2)
+        elapsed = loop.time() - sent
+        writer.close()
+    assert [verified(e, p) for e, p in zip(answered, (first, second), strict=True)] == [25, 26]
+    # Served one after the other: 0.3 s + 0.3 s. Overlapping, both would be done by 0.4 s.
+    assert elapsed >= 0.55
+
+
 async def test_a_half_closed_client_still_gets_its_answer(tmp_path: Path) -> None:
     pending = build_request(make_request(), rng=os.urandom)
     async with run_host(tmp_path, "[[scenario]]\ndelay_ms = 200\n") as host:
