@@ -87,9 +87,11 @@ METRICS_DIR = "metrics-workers"
 class _Worker:
     index: int
     process: asyncio.subprocess.Process
-    channel: asyncio.StreamReader
-    keep: asyncio.StreamWriter
-    """The supervisor's end of the channel: open while the supervisor lives."""
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    """The supervisor's end of the channel: read for :data:`READY`, open while it lives."""
+    listening: bool = False
+    """It said so: its signal handlers are installed (SIGHUP would kill it before)."""
     reported: bool = False
 
 
@@ -151,10 +153,11 @@ class _Workers:
         return _Worker(index, process, reader, writer)
 
     async def _ready(self, worker: _Worker) -> None:
-        if await worker.channel.readline() != READY:  # EOF: the worker exited
+        if await worker.reader.readline() != READY:  # EOF: the worker exited
             await worker.process.wait()
             self._report(worker)
             raise WorkerError(f"worker {worker.index} exited before it listened")
+        worker.listening = True
 
     async def watch(self, stop: asyncio.Event) -> _Worker | None:
         """Wait for ``stop`` or a worker's exit; return the worker that exited, if one did."""
@@ -171,12 +174,16 @@ class _Workers:
         self._report(worker)
         return worker
 
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to every worker still running."""
+    def signal(self, signum: int, *, listening_only: bool = False) -> None:
+        """Send ``signum`` to every worker still running (that listens, if ``listening_only``)."""
         for worker in self._workers:
-            if worker.process.returncode is None:
+            if worker.process.returncode is None and (worker.listening or not listening_only):
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signum)
+
+    def reload(self) -> None:
+        """Pass SIGHUP on: each listening worker re-reads its scenario rules."""
+        self.signal(signal.SIGHUP, listening_only=True)
 
     async def stop(self) -> None:
         """SIGTERM the running workers and wait for them; kill any still there after the grace."""
@@ -192,7 +199,7 @@ class _Workers:
                 await asyncio.wait(late)
         for worker in self._workers:
             self._report(worker)
-            worker.keep.close()
+            worker.writer.close()
 
     def _report(self, worker: _Worker) -> None:
         """Log an exited worker's ``worker_exited`` once; drop its live metrics."""
@@ -259,7 +266,7 @@ def _handle_signals(stop: asyncio.Event, workers: _Workers) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
-    loop.add_signal_handler(signal.SIGHUP, workers.signal, signal.SIGHUP)
+    loop.add_signal_handler(signal.SIGHUP, workers.reload)
 
 
 async def supervise(config: Config) -> None:
