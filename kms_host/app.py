@@ -7,6 +7,11 @@ stack, so they stop in reverse: the ``runtime.json`` marker, DNS (withdrawing a 
 record), then the KMS listener (stop accepting, let calls in flight finish within
 ``server.shutdown_grace_s``, cancel the rest), the metrics endpoint (still scraped while the
 listener drains), then storage. A second signal forces the exit.
+
+``serve --workers N`` (issue 7) builds the same parts in two kinds of process from the pieces
+below: each worker runs :func:`start_activation` (identity, service, listener) on the shared
+data dir, and the supervisor runs the once-only parts (``runtime.json``, DNS, the metrics
+endpoint); see :mod:`kms_host.supervisor` and :mod:`kms_host.worker`.
 """
 
 from __future__ import annotations
@@ -37,9 +42,19 @@ from kms_host.observe import HostObserver
 from kms_host.scenario import ScenarioBook
 from kms_host.server import KmsServer, ServerLimits
 from kms_host.service import ActivationService
-from kms_host.storage import open_store
+from kms_host.storage import ClientStore, open_store
 
-__all__ = ["RUNTIME_FILE", "BoundAddresses", "check_catalog_settings", "serve"]
+__all__ = [
+    "RUNTIME_FILE",
+    "BoundAddresses",
+    "check_catalog_settings",
+    "format_address",
+    "run_dns",
+    "runtime_file",
+    "serve",
+    "signal_trigger",
+    "start_activation",
+]
 
 log = structlog.get_logger("kms_host.app")
 
@@ -60,12 +75,19 @@ listens and whether it runs (its ``pid``)."""
 
 
 @contextlib.contextmanager
-def _runtime_file(data_dir: Path, bound: BoundAddresses, started: datetime) -> Iterator[None]:
+def runtime_file(
+    data_dir: Path, bound: BoundAddresses, started: datetime, workers: tuple[int, ...] = ()
+) -> Iterator[None]:
+    """Write ``runtime.json`` for the context's duration; ``workers`` are the workers' pids."""
     path = data_dir / RUNTIME_FILE
     document = {
         "pid": os.getpid(),
         "started_at": started.isoformat(),
-        **{kind: [_format(a) for a in getattr(bound, kind)] for kind in ("tcp", "dns", "metrics")},
+        **{
+            kind: [format_address(a) for a in getattr(bound, kind)]
+            for kind in ("tcp", "dns", "metrics")
+        },
+        **({"workers": list(workers)} if workers else {}),
     }
     tmp = path.with_name(RUNTIME_FILE + ".tmp")
     tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -79,7 +101,8 @@ def _runtime_file(data_dir: Path, bound: BoundAddresses, started: datetime) -> I
 ShutdownTrigger = Callable[[], Awaitable[object]]
 
 
-def _signal_trigger() -> ShutdownTrigger:
+def signal_trigger() -> ShutdownTrigger:
+    """Install SIGTERM/SIGINT handlers: the first signal fires the trigger, a second exits."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -119,16 +142,18 @@ def check_catalog_settings(config: Config, catalog: Catalog) -> frozenset[str]:
     return scope
 
 
-def _format(address: tuple[str, int]) -> str:
+def format_address(address: tuple[str, int]) -> str:
+    """``host:port``, or ``[host]:port`` for IPv6, as logs and ``runtime.json`` show it."""
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @contextlib.asynccontextmanager
 async def _kms_listener(
-    config: Config, service: ActivationService, observer: HostObserver
+    config: Config, service: ActivationService, observer: HostObserver, *, reuse_port: bool
 ) -> AsyncIterator[list[tuple[str, int]]]:
     server = KmsServer(
+        reuse_port=reuse_port,
         listen=config.server.listen,
         handler=service.handle,
         observer=observer,
@@ -149,7 +174,7 @@ async def _kms_listener(
 
 
 @contextlib.asynccontextmanager
-async def _dns(
+async def run_dns(
     config: Config, kms_bound: list[tuple[str, int]]
 ) -> AsyncIterator[list[tuple[str, int]]]:
     """Run the SRV responder and the publisher that ``[dns]`` asks for (spec 9; issue 6)."""
@@ -185,13 +210,54 @@ async def _dns(
             if not ready.done():
                 responder.result()  # raises the bind error
             bound = ready.result()
-            log.info("dns_listening", addresses=[_format(a) for a in bound], zone=zone.origin)
+            log.info(
+                "dns_listening", addresses=[format_address(a) for a in bound], zone=zone.origin
+            )
         if dns.publish is not None:
             tasks.append(asyncio.create_task(run_publisher(dns.publish, zone.targets, stop=stop)))
         yield bound
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def start_activation(
+    stack: contextlib.AsyncExitStack,
+    config: Config,
+    *,
+    catalog: Catalog,
+    scope: frozenset[str],
+    store: ClientStore,
+    clock: Clock,
+    observer: HostObserver,
+    scenarios: ScenarioBook,
+    reuse_port: bool = False,
+) -> tuple[ActivationService, list[tuple[str, int]]]:
+    """Start the activation service and its listener inside ``stack``; return the bound pairs.
+
+    What one host process answers calls with: ``serve`` runs it once, and every worker of
+    ``serve --workers`` runs it for itself (``reuse_port``) on the shared data dir.
+    """
+    identity = load_identity(
+        config.storage.data_dir,
+        catalog=catalog,
+        host=config.host,
+        today=clock.now().date(),
+        rng=os.urandom,
+    )
+    service = ActivationService(
+        config=config,
+        catalog=catalog,
+        scope=scope,
+        identity=identity,
+        store=store,
+        clock=clock,
+        observer=observer,
+        scenarios=scenarios,
+    )
+    await service.start()
+    listener = _kms_listener(config, service, observer, reuse_port=reuse_port)
+    return service, await stack.enter_async_context(listener)
 
 
 async def serve(
@@ -209,7 +275,7 @@ async def serve(
     """
     clock = clock or Clock(timedelta(seconds=config.clock.offset_s))
     scenarios = scenarios or ScenarioBook(config.scenario)
-    trigger = shutdown_trigger or _signal_trigger()
+    trigger = shutdown_trigger or signal_trigger()
     if shutdown_trigger is None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, scenarios.reload, config.source)
@@ -219,39 +285,30 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(config.storage.data_dir, synchronous=config.storage.synchronous)
         stack.push_async_callback(store.close)
-        identity = load_identity(
-            config.storage.data_dir,
-            catalog=catalog,
-            host=config.host,
-            today=clock.now().date(),
-            rng=os.urandom,
-        )
         metrics = await stack.enter_async_context(
             serve_metrics(config.metrics.listen, catalog=catalog, store=store)
         )
-        service = ActivationService(
-            config=config,
+        service, bound = await start_activation(
+            stack,
+            config,
             catalog=catalog,
             scope=scope,
-            identity=identity,
             store=store,
             clock=clock,
             observer=metrics.observer,
             scenarios=scenarios,
         )
-        await service.start()
-        bound = await stack.enter_async_context(_kms_listener(config, service, metrics.observer))
-        dns_bound = await stack.enter_async_context(_dns(config, bound))
+        dns_bound = await stack.enter_async_context(run_dns(config, bound))
         addresses = BoundAddresses(tcp=tuple(bound), dns=tuple(dns_bound), metrics=metrics.bound)
-        stack.enter_context(_runtime_file(config.storage.data_dir, addresses, clock.now()))
+        stack.enter_context(runtime_file(config.storage.data_dir, addresses, clock.now()))
         log.info(
             "listening",
-            addresses=[_format(address) for address in bound],
+            addresses=[format_address(address) for address in bound],
             data_dir=str(config.storage.data_dir),
             scope=sorted(scope),
             counting_mode=config.counting.mode.value,
             counts=service.counts,
-            metrics=[_format(address) for address in metrics.bound],
+            metrics=[format_address(address) for address in metrics.bound],
         )
         if on_ready is not None:
             on_ready(addresses)

@@ -19,8 +19,9 @@ from kms_host import cli_activate, cli_bench, cli_dns, cli_probe, cli_views
 from kms_host.app import check_catalog_settings, serve
 from kms_host.catalog import load_catalog
 from kms_host.config import Config, ConfigOverrides, load_config
-from kms_host.errors import ConfigError, KmsHostError
+from kms_host.errors import ConfigError, KmsHostError, WorkerError
 from kms_host.logs import configure_logging
+from kms_host.supervisor import supervise
 
 __all__ = ["main"]
 
@@ -72,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on, repeatable (default [::]:1688, dual-stack)",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes sharing the port and the data dir (default 1: one process)",
+    )
     run.set_defaults(handler=_serve)
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", type=Path)
@@ -87,6 +94,7 @@ def _load(args: argparse.Namespace) -> Config:
         path = Path(os.environ["KMS_HOST_CONFIG"])
     overrides = ConfigOverrides(
         listen=tuple(getattr(args, "listen", ())),
+        workers=getattr(args, "workers", None),
         data_dir=args.data_dir,
         log_format=args.log_format,
         log_level=args.log_level,
@@ -103,10 +111,13 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.log.format, config.log.level)
     log = structlog.get_logger("kms_host.cli")
     try:
-        asyncio.run(serve(config))
+        asyncio.run(supervise(config) if config.server.workers > 1 else serve(config))
     except ConfigError as exc:
         log.error("config_error", key=exc.key, detail=str(exc))
         return EXIT_USAGE
+    except WorkerError as exc:  # the supervisor has logged which worker and how
+        log.error("workers_failed", detail=str(exc))
+        return EXIT_FAILURE
     except (KmsHostError, OSError) as exc:
         log.error("start_failed", detail=str(exc), error=type(exc).__name__)
         return EXIT_FAILURE

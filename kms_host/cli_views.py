@@ -258,6 +258,8 @@ def _status_text(doc: dict[str, Any]) -> str:
         state, bound = "not running", "-"
     else:
         state = f"{'running' if daemon['running'] else 'not running (stale)'}, pid {daemon['pid']}"
+        if daemon.get("workers"):  # serve --workers: the pid is the supervisor's
+            state += f" ({len(daemon['workers'])} workers)"
         state += f", started {daemon['started_at']}"
         bound = ", ".join(daemon["tcp"])
         metrics = ", ".join(daemon["metrics"]) or metrics

@@ -199,6 +199,9 @@ class ServerConfig:
     """Accept the NDR64 transfer syntax at BIND, as Windows Vista+ hosts do. Default true."""
     btfn: bool = _option(True, boolean)
     """Acknowledge bind-time feature negotiation (BTFN), as Windows 7+ hosts do. Default true."""
+    workers: int = _option(1, integer(1, 64))
+    """Processes answering calls, sharing the listen addresses (SO_REUSEPORT) and the data dir;
+    above 1 a supervising parent starts and watches them. Default 1: one process; 1..64."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +406,7 @@ class ConfigOverrides:
     """The CLI flags that override configuration; empty/None means "not given"."""
 
     listen: tuple[str, ...] = ()
+    workers: int | None = None
     data_dir: Path | None = None
     log_format: str | None = None
     log_level: str | None = None
@@ -514,6 +518,7 @@ def _env_value(text: str, default: object) -> object:
 def _cli_layer(overrides: ConfigOverrides) -> _Layer:
     given: dict[tuple[str, str], tuple[object, str]] = {
         ("server", "listen"): (list(overrides.listen) or None, "--listen"),
+        ("server", "workers"): (overrides.workers, "--workers"),
         ("storage", "data_dir"): (overrides.data_dir, "--data-dir"),
         ("log", "format"): (overrides.log_format, "--log-format"),
         ("log", "level"): (overrides.log_level, "--log-level"),

@@ -1,14 +1,15 @@
 """The daemon's exception root and the errors that stop it (architecture 4.4).
 
 ``protocol.errors.ProtocolError`` covers bad input from the wire; these cover the daemon's
-own surroundings: a configuration it cannot start with, and storage it cannot use. Both are
-reported to the operator rather than to a client, so they carry what the operator needs to
-fix the problem (the dotted config key; the underlying SQLite error as ``__cause__``).
+own surroundings: a configuration it cannot start with, storage it cannot use, a worker
+process that failed. They are reported to the operator rather than to a client, so they carry
+what the operator needs to fix the problem (the dotted config key; the underlying SQLite error
+as ``__cause__``).
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "KmsHostError", "StorageError"]
+__all__ = ["ConfigError", "KmsHostError", "StorageError", "WorkerError"]
 
 
 class KmsHostError(Exception):
@@ -31,3 +32,11 @@ class ConfigError(KmsHostError):
 
 class StorageError(KmsHostError):
     """The client table could not be read or written (the ``sqlite3`` error is the cause)."""
+
+
+class WorkerError(KmsHostError):
+    """A worker of ``serve --workers`` failed: it exited on its own or never listened.
+
+    The supervisor has logged which one and how (``worker_exited``) and stopped the others;
+    the message sums it up for the exit.
+    """

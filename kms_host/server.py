@@ -5,6 +5,10 @@ Default binding is what a genuine host does on a modern Windows: one dual-stack 
 (issue 3; spec 1.1). asyncio sets IPV6_V6ONLY on every AF_INET6 socket it creates, so the
 dual-stack socket is made here and handed over.
 
+With ``serve --workers N`` (issue 7) every worker binds the same addresses with SO_REUSEPORT
+and the kernel spreads connections over them; :func:`reserve_addresses` is the supervisor's
+side of that, binding each address once to settle its port before the workers exist.
+
 Shutdown order (architecture 4.8, after uvicorn): stop accepting, close sessions that are
 idle, give busy ones ``shutdown_grace_s`` to finish their call (they close right after
 answering it), abort the rest.
@@ -17,6 +21,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -25,7 +30,7 @@ from kms_host.observe import HostObserver, NullObserver
 from kms_host.session import CallHandler, Session
 from protocol.rpc import ServerSettings
 
-__all__ = ["DEFAULT_PORT", "KmsServer", "ServerLimits"]
+__all__ = ["DEFAULT_PORT", "KmsServer", "ServerLimits", "reserve_addresses"]
 
 log = structlog.get_logger("kms_host.server")
 
@@ -43,16 +48,70 @@ class ServerLimits:
     btfn: bool
 
 
-def _dual_stack_socket(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+def _bound_socket(
+    family: socket.AddressFamily, sockaddr: tuple[Any, ...], *, reuse_port: bool
+) -> socket.socket:
+    """A TCP socket bound to ``sockaddr`` (not listening); ``::`` on AF_INET6 is dual-stack."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", port))
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            dual_stack = sockaddr[0] == "::"
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(not dual_stack))
+        sock.bind(sockaddr)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def reserve_addresses(listen: tuple[ListenAddress, ...]) -> list[socket.socket]:
+    """Bind every listen address once, without listening, ready to be shared by SO_REUSEPORT.
+
+    The ``serve --workers`` supervisor holds these until its workers listen: a port 0 thus
+    becomes one port that every worker binds, and nothing else takes the port meanwhile.
+    They never listen, so the kernel never hands them a connection. Host names are resolved
+    here, and the default falls back to IPv4 as :meth:`KmsServer.start` does, so the
+    returned sockets' names are the concrete addresses for the workers.
+
+    Each address is first bound without SO_REUSEPORT, to learn its port and to fail as a
+    single process does when something already listens there: SO_REUSEPORT alone would let
+    a second host of the same user silently share the port with the first.
+    """
+    default = not listen
+    reserved: list[socket.socket] = []
+    try:
+        for address in listen or (ListenAddress("::", DEFAULT_PORT),):
+            reserved += _reserve(address, fallback=default)
+    except BaseException:
+        for sock in reserved:
+            sock.close()
+        raise
+    return reserved
+
+
+def _reserve(address: ListenAddress, *, fallback: bool) -> list[socket.socket]:
+    if address.host == "::":
+        try:
+            return [_reserve_one(socket.AF_INET6, ("::", address.port))]
+        except OSError as exc:
+            if not fallback:
+                raise
+            log.info("ipv6_unavailable", error=str(exc), fallback=f"0.0.0.0:{address.port}")
+            return [_reserve_one(socket.AF_INET, ("0.0.0.0", address.port))]  # noqa: S104 - the documented default
+    found = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    unique = dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in found)
+    return [_reserve_one(family, sockaddr) for family, sockaddr in unique]
+
+
+def _reserve_one(family: socket.AddressFamily, sockaddr: tuple[Any, ...]) -> socket.socket:
+    with _bound_socket(family, sockaddr, reuse_port=False) as probe:
+        port = probe.getsockname()[1]
+    return _bound_socket(family, (sockaddr[0], port, *sockaddr[2:]), reuse_port=True)
 
 
 class KmsServer:
@@ -66,8 +125,10 @@ class KmsServer:
         limits: ServerLimits,
         observer: HostObserver | None = None,
         assoc_group_seed: Callable[[], int] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._listen = listen
+        self._reuse_port = reuse_port
         self._handler = handler
         self._limits = limits
         self._observer: HostObserver = observer or NullObserver()
@@ -96,15 +157,23 @@ class KmsServer:
     async def _bind(self, address: ListenAddress, *, fallback: bool) -> asyncio.Server:
         """Bind one address; ``::`` means dual-stack, as ``[::]:1688`` does on Windows."""
         loop = asyncio.get_running_loop()
+        reuse_port = self._reuse_port
         if address.host != "::":
-            return await loop.create_server(self._new_session, address.host, address.port)
+            return await loop.create_server(
+                self._new_session, address.host, address.port, reuse_port=reuse_port
+            )
         try:
-            sock = _dual_stack_socket(address.port)
+            sock = _bound_socket(socket.AF_INET6, ("::", address.port), reuse_port=reuse_port)
         except OSError as exc:
             if not fallback:
                 raise
             log.info("ipv6_unavailable", error=str(exc), fallback=f"0.0.0.0:{address.port}")
-            return await loop.create_server(self._new_session, "0.0.0.0", address.port)  # noqa: S104 - the documented default
+            return await loop.create_server(
+                self._new_session,
+                "0.0.0.0",  # noqa: S104 - the documented default
+                address.port,
+                reuse_port=reuse_port,
+            )
         return await loop.create_server(self._new_session, sock=sock)
 
     def _next_assoc_group(self) -> int:

@@ -169,8 +169,10 @@ class ClientStore(Protocol):
     def changed_elsewhere(self) -> bool:
         """Whether another process changed the table since the previous call.
 
-        ``kms-host clients forget/reset/seed`` write beside the running daemon; the daemon
-        asks this (at no I/O cost) to know when the counts it caches must be reloaded.
+        ``kms-host clients forget/reset/seed`` write beside the running daemon, and the
+        workers of ``serve --workers`` beside each other; the daemon asks this (at no I/O cost)
+        to know when the counts it caches must be reloaded. A store opened with
+        ``changes_interval_s`` answers True at most once per that many seconds.
         """
         ...
 
@@ -179,13 +181,18 @@ class ClientStore(Protocol):
         ...
 
 
-async def open_store(data_dir: Path, *, synchronous: str = "full") -> ClientStore:
+async def open_store(
+    data_dir: Path, *, synchronous: str = "full", changes_interval_s: float = 0.0
+) -> ClientStore:
     """Open (creating if needed) the client table in ``data_dir``.
 
-    ``synchronous`` is ``[storage] synchronous``: "full" or "normal".
+    ``synchronous`` is ``[storage] synchronous``: "full" or "normal". ``changes_interval_s``
+    spaces out :meth:`ClientStore.changed_elsewhere`'s reports (0, the default: each one).
     """
     # Imported here because the backend imports this module's types; this factory is also
     # where a choice of backend will go.
     from kms_host.storage.sqlite import SqliteClientStore  # noqa: PLC0415
 
-    return await SqliteClientStore.open(data_dir / DATABASE_FILE, synchronous=synchronous)
+    return await SqliteClientStore.open(
+        data_dir / DATABASE_FILE, synchronous=synchronous, changes_interval_s=changes_interval_s
+    )

@@ -12,6 +12,8 @@ Theory of operation:
   up to the busy timeout for it, instead of failing halfway when a read lock cannot be
   upgraded. After every job the worker reads ``PRAGMA data_version``, which moves only when
   another connection committed: that is :meth:`changed_elsewhere`, at no extra round trip.
+  The workers of ``serve --workers`` are such other processes too, each writing all the
+  time: ``changes_interval_s`` lets them hear of others' writes at most that often.
 * Durability. :meth:`record` commits before it returns, and the daemon answers only then:
   with ``synchronous = FULL`` an acknowledged activation survives power loss, with
   ``NORMAL`` (in WAL mode) a crash of the daemon.
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +62,8 @@ _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 BUSY_TIMEOUT_S = 10.0
-"""How long a write waits for another process's transaction (the CLI's, at most a delete)."""
+"""How long a write waits for other processes' transactions: the CLI's (at most a delete) or
+sibling workers' batches (milliseconds each), after which it fails with a StorageError."""
 
 RECORD_BATCH = 64
 """Most :meth:`SqliteClientStore.record` calls sharing one transaction: enough to spread a
@@ -456,7 +460,7 @@ def _stats(conn: sqlite3.Connection) -> RequestStats:
 class SqliteClientStore:
     """:class:`~kms_host.storage.ClientStore` on a SQLite file; create with :meth:`open`."""
 
-    def __init__(self, path: Path, synchronous: str) -> None:
+    def __init__(self, path: Path, synchronous: str, changes_interval_s: float = 0.0) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}")
         self._path = path
@@ -466,13 +470,20 @@ class SqliteClientStore:
         self._closed = False
         self._data_version: int | None = None  # worker thread only
         self._changed_elsewhere = False
+        self._changes_interval_s = changes_interval_s
+        self._next_change_notice = 0.0  # time.monotonic() before which no change is reported
         self._queued: collections.deque[_RecordJob] = collections.deque()  # event loop only
         self._writer: asyncio.Task[None] | None = None  # runs the batches while any are queued
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "full") -> SqliteClientStore:
-        """Open or create the database at ``path`` and bring its schema up to date."""
-        store = cls(path, synchronous)
+    async def open(
+        cls, path: Path, *, synchronous: str = "full", changes_interval_s: float = 0.0
+    ) -> SqliteClientStore:
+        """Open or create the database at ``path`` and bring its schema up to date.
+
+        ``changes_interval_s`` spaces out :meth:`changed_elsewhere`'s reports (0: each one).
+        """
+        store = cls(path, synchronous, changes_interval_s)
         try:
             await store._submit(_migrate)
         except BaseException:
@@ -606,8 +617,14 @@ class SqliteClientStore:
         return await self._submit(_sizes)
 
     def changed_elsewhere(self) -> bool:
-        changed, self._changed_elsewhere = self._changed_elsewhere, False
-        return changed
+        if not self._changed_elsewhere:
+            return False
+        now = time.monotonic()
+        if now < self._next_change_notice:
+            return False  # still noted: reported by the first call after the interval
+        self._changed_elsewhere = False
+        self._next_change_notice = now + self._changes_interval_s
+        return True
 
     async def close(self) -> None:
         if self._closed:

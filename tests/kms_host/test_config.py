@@ -62,6 +62,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.server.shutdown_grace_s == 5.0
     assert config.server.ndr64 is True
     assert config.server.btfn is True
+    assert config.server.workers == 1
     assert config.host.scope == ("all",)
     assert dict(config.host.epid) == {}
     assert config.host.hwid == ""
@@ -164,6 +165,22 @@ def test_file_then_env_then_cli(tmp_path: Path) -> None:
     assert from_cli.server.idle_timeout_s == 20.0
 
 
+def test_workers_flag_wins_over_env_and_file(tmp_path: Path) -> None:
+    env = {"KMS_HOST_SERVER_WORKERS": "3"}
+    assert load("[server]\nworkers = 2\n", tmp_path=tmp_path).server.workers == 2
+    assert load("[server]\nworkers = 2\n", tmp_path=tmp_path, env=env).server.workers == 3
+    flag = ConfigOverrides(workers=4)
+    assert load("[server]\nworkers = 2\n", tmp_path=tmp_path, env=env, cli=flag).server.workers == 4
+
+
+@pytest.mark.parametrize("workers", [0, 65, -1])
+def test_workers_flag_out_of_range_names_key_and_flag(workers: int) -> None:
+    error = rejected(cli=ConfigOverrides(workers=workers))
+    assert error.key == "server.workers"
+    assert "from 1 to 64" in str(error)
+    assert "--workers" in str(error)
+
+
 def test_empty_cli_listen_keeps_the_configured_one() -> None:
     config = load(env={"KMS_HOST_SERVER_LISTEN": "127.0.0.1:0"}, cli=ConfigOverrides(listen=()))
     assert config.server.listen == (ListenAddress("127.0.0.1", 0),)
@@ -177,6 +194,7 @@ def test_empty_cli_listen_keeps_the_configured_one() -> None:
         ("KMS_HOST_SERVER_IDLE_TIMEOUT_S", "10", "server", "idle_timeout_s", 10.0),
         ("KMS_HOST_SERVER_IDLE_TIMEOUT_S", "2.5", "server", "idle_timeout_s", 2.5),
         ("KMS_HOST_SERVER_NDR64", "false", "server", "ndr64", False),
+        ("KMS_HOST_SERVER_WORKERS", "4", "server", "workers", 4),
         ("KMS_HOST_HOST_BUILD", "20348", "host", "build", 20348),
         (
             "KMS_HOST_HOST_SCOPE",
@@ -284,6 +302,8 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         ("[server]\nmax_pdu_bytes = 4096.0", "server.max_pdu_bytes", "expected an integer"),
         ("[server]\nmax_connections = true", "server.max_connections", "expected an integer"),
         ("[server]\nndr64 = 1", "server.ndr64", "expected true or false"),
+        ("[server]\nworkers = 2.0", "server.workers", "expected an integer"),
+        ("[server]\nworkers = true", "server.workers", "expected an integer"),
         ("[server]\nlisten = '0.0.0.0:1688'", "server.listen", "expected a list"),
         ("[server]\nlisten = [1688]", "server.listen", "'HOST:PORT' string"),
         ("[host]\nscope = 'all'", "host.scope", "non-empty list"),
@@ -295,6 +315,8 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         ("[server]\nmax_pdu_bytes = 1023", "server.max_pdu_bytes", "from 1024 to 65535"),
         ("[server]\nmax_connections = 0", "server.max_connections", "from 1 to 65536"),
         ("[server]\nshutdown_grace_s = 301", "server.shutdown_grace_s", "from 0 to 300"),
+        ("[server]\nworkers = 0", "server.workers", "from 1 to 64"),
+        ("[server]\nworkers = 65", "server.workers", "from 1 to 64"),
         ("[host]\nactivation_interval_min = 14", "host.activation_interval_min", "15 to 43200"),
         ("[host]\nrenewal_interval_min = 43201", "host.renewal_interval_min", "15 to 43200"),
         ("[host]\nlcid = 0", "host.lcid", "from 1 to 65535"),

@@ -14,7 +14,7 @@ from sightings import windows_sighting
 
 from kms_host.catalog import load_catalog
 from kms_host.config import ListenAddress
-from kms_host.metrics import PrometheusObserver, serve_metrics
+from kms_host.metrics import PrometheusObserver, WorkerMetrics, serve_metrics, worker_observer
 from kms_host.observe import ActivationOutcome, NullObserver
 from kms_host.storage import open_store
 
@@ -152,3 +152,43 @@ async def test_endpoint_serves_the_registry_and_the_table_size_then_stops(
             await asyncio.to_thread(fetch, f"http://{host}:{port}/metrics")
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_supervisors_endpoint_serves_worker_files_and_reads_the_count(
+    tmp_path: Path,
+) -> None:
+    # The workers' own files are covered by tests/integration/test_workers.py: this process
+    # imported prometheus-client without PROMETHEUS_MULTIPROC_DIR, so it cannot write them.
+    store = await open_store(tmp_path)
+
+    async def counts() -> dict[str, int]:
+        return {"windows": 27, "office": 5}
+
+    try:
+        await store.seed(SEED, 2)
+        files = WorkerMetrics(tmp_path / "workers", counts)
+        files.directory.mkdir()
+        async with serve_metrics(
+            ListenAddress("127.0.0.1", 0), catalog=CATALOG, store=store, workers=files
+        ) as endpoint:
+            assert isinstance(endpoint.observer, NullObserver)  # the supervisor answers nothing
+            [(host, port)] = endpoint.bound
+            text = await asyncio.to_thread(fetch, f"http://{host}:{port}/metrics")
+    finally:
+        await store.close()
+    assert 'kms_host_current_count{app="windows"} 27.0' in text
+    assert 'kms_host_current_count{app="office"} 5.0' in text
+    assert 'kms_host_clients{app="windows"} 2.0' in text
+    assert "process_resident_memory_bytes" not in text  # it would be the supervisor's alone
+
+
+def test_a_workers_observer_leaves_the_count_to_the_supervisor() -> None:
+    assert isinstance(worker_observer(None, CATALOG), NullObserver)
+    observer = worker_observer(ListenAddress("127.0.0.1", 0), CATALOG)
+    assert isinstance(observer, PrometheusObserver)
+    observer.counts({"windows": 30})
+    observer.connection_opened()
+    value = observer.registry.get_sample_value
+    assert value("kms_host_current_count", {"app": "windows"}) is None
+    assert value("kms_host_open_connections") == 1

@@ -7,6 +7,7 @@ point is another process.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 import uuid
@@ -87,6 +88,43 @@ async def test_changed_elsewhere_sees_only_other_connections(tmp_path: Path) -> 
     finally:
         await cli.close()
         await daemon.close()
+
+
+@pytest.mark.asyncio
+async def test_changes_elsewhere_can_be_spaced_out(tmp_path: Path) -> None:
+    # A worker of ``serve --workers`` hears of its siblings' writes at most once an interval.
+    worker = await open_store(tmp_path, changes_interval_s=3600)
+    sibling = await open_store(tmp_path)
+    try:
+        await sibling.seed(TEMPLATE, 1)
+        await worker.tally("windows", since=T0)  # notes the first version it sees
+        await sibling.seed(TEMPLATE, 1)
+        await worker.tally("windows", since=T0)
+        assert worker.changed_elsewhere()
+        await sibling.seed(TEMPLATE, 1)
+        await worker.tally("windows", since=T0)
+        assert not worker.changed_elsewhere()  # noted, but within the hour
+    finally:
+        await sibling.close()
+        await worker.close()
+
+
+@pytest.mark.asyncio
+async def test_writers_in_other_connections_wait_for_each_other(tmp_path: Path) -> None:
+    # Two stores on one file contend for its write lock as two worker processes do: every
+    # record waits its turn (busy timeout) instead of failing, and each tally is distinct.
+    stores = [await open_store(tmp_path) for _ in range(2)]
+    try:
+        tallies = await asyncio.gather(
+            *(
+                stores[n % 2].record(dataclasses.replace(TEMPLATE, cmid=uuid.uuid4()), since=T0)
+                for n in range(200)
+            )
+        )
+    finally:
+        for opened in stores:
+            await opened.close()
+    assert sorted(t.live_clients for t in tallies) == list(range(1, 201))
 
 
 @pytest.mark.asyncio
