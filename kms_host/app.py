@@ -38,6 +38,7 @@ from kms_host.scenario import ScenarioBook
 from kms_host.server import KmsServer, ServerLimits
 from kms_host.service import ActivationService
 from kms_host.storage import open_store
+from protocol.kms import rijndael_build
 
 __all__ = ["RUNTIME_FILE", "BoundAddresses", "check_catalog_settings", "serve"]
 
@@ -252,6 +253,7 @@ async def serve(
             counting_mode=config.counting.mode.value,
             counts=service.counts,
             metrics=[_format(address) for address in metrics.bound],
+            rijndael=rijndael_build(),
         )
         if on_ready is not None:
             on_ready(addresses)
