@@ -10,7 +10,8 @@
 # --- build: install the package and its dependencies into a self-contained venv -----------
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md setup.py ./
+COPY _build/ _build/
 COPY protocol/ protocol/
 COPY kms_host/ kms_host/
 RUN python -m venv /opt/kms-host \

@@ -43,6 +43,7 @@ from kms_host.scenario import ScenarioBook
 from kms_host.server import KmsServer, ServerLimits
 from kms_host.service import ActivationService
 from kms_host.storage import ClientStore, open_store
+from protocol.kms import rijndael_build
 
 __all__ = [
     "RUNTIME_FILE",
@@ -309,6 +310,7 @@ async def serve(
             counting_mode=config.counting.mode.value,
             counts=service.counts,
             metrics=[format_address(address) for address in metrics.bound],
+            rijndael=rijndael_build(),
         )
         if on_ready is not None:
             on_ready(addresses)

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from kms_host import bench
 from kms_host.bench_null import NullServer
-from protocol.kms import ProtocolVersion, rijndael
+from protocol.kms import ProtocolVersion, rijndael_build
 
 __all__ = ["register"]
 
@@ -189,7 +189,7 @@ def _report(
             "cpus": os.cpu_count(),
             "bench_cpus": _affinity(None),
             "server_cpus": _affinity(args.server_pid) if args.server_pid else None,
-            "bench_rijndael": "compiled" if rijndael.__file__.endswith((".so", ".pyd")) else "pure",
+            "bench_rijndael": rijndael_build(),
         },
         "settings": {
             "target": f"{args.target[0]}:{args.target[1]}",

@@ -11,6 +11,9 @@ per application, computed exactly as the daemon does (its ``[counting]`` setting
 and ``[clock] offset_s``), the listening addresses (configured, and bound as the daemon's
 ``runtime.json`` says), scope, ePIDs, HwId, intervals and the cumulative request counters.
 
+The version and the Rijndael build (``rijndael``: ``compiled`` or ``pure``) that ``status``
+shows are this installation's; the daemon logs its own in its ``listening`` event.
+
 Configuration is resolved like ``serve``'s (``--config``, ``$KMS_HOST_CONFIG``,
 ``KMS_HOST_*``), so in a container ``status`` finds ``/data`` without flags. Exit codes as
 for ``serve``: 0 success, 1 a runtime failure (no client table, storage error, nothing
@@ -39,7 +42,7 @@ from kms_host.config import Config, ConfigOverrides, load_config
 from kms_host.errors import ConfigError, KmsHostError
 from kms_host.identity import IDENTITY_FILE, HostIdentity, load_identity
 from kms_host.storage import DATABASE_FILE, AppTally, ClientRecord, Sighting, open_store
-from protocol.kms import LicenseStatus
+from protocol.kms import LicenseStatus, rijndael_build
 from protocol.kms.epid import format_hwid
 
 __all__ = ["register"]
@@ -179,6 +182,7 @@ async def _status(args: argparse.Namespace, config: Config) -> int:
     held = [group.key for group in catalog.host_key_groups if group.key in scope]
     document = {
         "version": metadata.version("kms-host"),
+        "rijndael": rijndael_build(),
         "data_dir": str(config.storage.data_dir),
         "daemon": _runtime(config.storage.data_dir),
         "listen": [str(a) for a in config.server.listen] or ["[::]:1688"],
@@ -265,7 +269,7 @@ def _status_text(doc: dict[str, Any]) -> str:
         metrics = ", ".join(daemon["metrics"]) or metrics
     counting = doc["counting"]
     lines = [
-        f"Key Management Service host (kms-host {doc['version']})",
+        f"Key Management Service host (kms-host {doc['version']}, {doc['rijndael']} Rijndael)",
         f"Data directory:        {doc['data_dir']}",
         f"Daemon:                {state}",
         f"Listening on:          {bound} (configured: {', '.join(doc['listen'])})",

@@ -52,7 +52,10 @@ __all__ = [
 
 ENV_PREFIX = "KMS_HOST_"
 ENV_CONFIG_FILE = "KMS_HOST_CONFIG"
-"""Names the config file when ``--config`` is absent; the one non-setting ``KMS_HOST_*``."""
+"""Names the config file when ``--config`` is absent; not a setting."""
+_ENV_BUILD_SWITCH = "KMS_HOST_MYPYC"
+"""Asks pip's build for the compiled Rijndael (``_build/kms_host_backend.py``); not a setting
+either, and ignored here, so that a variable exported for an install cannot stop a start."""
 
 _T = TypeVar("_T")
 _Converter = Callable[[object], _T]
@@ -485,7 +488,7 @@ def _file_layer(path: Path, structured: dict[str, object]) -> _Layer:
 def _env_layer(env: Mapping[str, str]) -> _Layer:
     layer: _Layer = {}
     for name, text in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+        if not name.startswith(ENV_PREFIX) or name in (ENV_CONFIG_FILE, _ENV_BUILD_SWITCH):
             continue
         section, _, key = name.removeprefix(ENV_PREFIX).lower().partition("_")
         if section in _STRUCTURED:

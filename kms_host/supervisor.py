@@ -64,6 +64,7 @@ from kms_host.identity import load_identity
 from kms_host.metrics import WorkerMetrics, forget_worker, serve_metrics
 from kms_host.server import reserve_addresses
 from kms_host.storage import AppTally, ClientStore, open_store
+from protocol.kms import rijndael_build
 
 __all__ = ["METRICS_DIR", "READY", "WORKER_START_TIMEOUT_S", "WORKER_STOP_MARGIN_S", "supervise"]
 
@@ -321,6 +322,7 @@ async def supervise(config: Config) -> None:
             counting_mode=config.counting.mode.value,
             counts=await counts(),
             metrics=[format_address(address) for address in metrics.bound],
+            rijndael=rijndael_build(),
             workers=len(workers.pids),
         )
         exited = await workers.watch(stop)

@@ -1,4 +1,4 @@
-"""The habits CI enforces: ``mypy --strict`` and ``ruff check`` clean on both packages.
+"""The habits CI enforces: ``mypy --strict`` and ``ruff check`` clean, build backend included.
 
 They run inside the test suite so that the README's one test command (and so CI) holds
 every change to them.
@@ -20,10 +20,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_mypy_strict_is_clean() -> None:
-    result = run("mypy", "--strict", "protocol", "kms_host")
+    result = run("mypy", "--strict", "protocol", "kms_host", "_build", "setup.py")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_is_clean() -> None:
-    result = run("ruff", "check", "protocol", "kms_host", "tests", "scripts")
+    result = run("ruff", "check", "protocol", "kms_host", "tests", "scripts", "_build", "setup.py")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,8 +1,13 @@
 """The KMS message layer: typed messages and their crypto for host and client (spec 4, 5).
 
-Everything else in this package (schemas, codec, ciphers) is private to it.
+Everything else in this package (schemas, codec, ciphers) is private to it, except for
+:func:`rijndael_build`, which says which build of the Rijndael cipher this process runs.
 """
 
+from importlib.machinery import EXTENSION_SUFFIXES
+from typing import Literal
+
+from protocol.kms import rijndael
 from protocol.kms.crypto import (
     OpenedRequest,
     PendingRequest,
@@ -41,6 +46,19 @@ __all__ = [
     "open_request",
     "open_response",
     "peek_version",
+    "rijndael_build",
     "seal_response",
     "v4_mac",
 ]
+
+
+def rijndael_build() -> Literal["compiled", "pure"]:
+    """Whether ``protocol.kms.rijndael`` was imported from its mypyc extension or its source.
+
+    Python imports an extension module in preference to the ``.py`` beside it (a wheel built
+    with ``KMS_HOST_MYPYC=1``, or a manual ``mypyc`` in a work tree; docs/performance.md), so
+    no setting says which build runs: only the imported module's file does. The daemon logs
+    it at start, ``status`` and ``bench`` report it, so a figure is never read against the
+    wrong build.
+    """
+    return "compiled" if rijndael.__file__.endswith(tuple(EXTENSION_SUFFIXES)) else "pure"

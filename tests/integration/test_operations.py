@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kms_host.cli import main
 from kms_host.client import ActivationResult
 from kms_host.service import PROBE_CMID
-from protocol.kms import ProtocolVersion
+from protocol.kms import ProtocolVersion, rijndael_build
 
 METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'
 V4, V5, V6 = ProtocolVersion.V4, ProtocolVersion.V5, ProtocolVersion.V6
@@ -168,6 +168,7 @@ async def test_status_clients_and_metrics_match_what_was_sent(
         "failed": 1,
         "by_license_status": dict.fromkeys(LICENSE_KEYS, 1),
     }
+    assert status["rijndael"] == rijndael_build()
     assert status["daemon"]["running"] is True
     assert status["daemon"]["tcp"] == [f"127.0.0.1:{host.port}"]
     group_of_epid = {epid: group for group, epid in status["epids"].items()}
@@ -218,6 +219,8 @@ async def test_status_text_and_the_runtime_file_after_a_clean_stop(
         await activate(host, "win10pro")
         code, running, _ = await cli.run("status", "--data-dir", str(host.data_dir), common=False)
     assert code == 0
+    assert running.splitlines()[0].endswith(f", {rijndael_build()} Rijndael)")
+    assert [e["rijndael"] for e in host.events("listening")] == [rijndael_build()]
     assert f"Listening on:          127.0.0.1:{host.port}" in running
     assert "Requests with License Status Initial grace: 1" in running
     assert not (host.data_dir / "runtime.json").exists()

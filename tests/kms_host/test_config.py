@@ -237,6 +237,7 @@ def test_environment_epid_table() -> None:
 
 def test_other_environment_variables_are_ignored() -> None:
     assert load(env={"PATH": "/bin", "KMS_HOSTNAME": "x", "kms_host_log_level": "x"}) == Config()
+    assert load(env={"KMS_HOST_MYPYC": "1"}) == Config()  # the build's switch, not a setting
 
 
 def test_env_value_cannot_smuggle_other_keys() -> None:

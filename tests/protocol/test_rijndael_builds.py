@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kms_vectors import h, spec_vectors
 
-from protocol.kms import rijndael
+from protocol.kms import rijndael, rijndael_build
 
 SOURCE = Path(__file__).resolve().parents[2] / "protocol" / "kms" / "rijndael.py"
 V6_TWEAKS = {4: 0x73, 6: 0x09, 8: 0xE4}
@@ -33,7 +33,7 @@ def _load_pure() -> ModuleType:
 
 
 PURE = _load_pure()
-COMPILED = not str(rijndael.__file__).endswith(".py")
+COMPILED = rijndael_build() == "compiled"
 
 
 def test_which_build_is_imported() -> None:

@@ -1,0 +1,163 @@
+"""The package as pip builds it: pure by default, mypyc-compiled Rijndael on request (issue 7).
+
+Each wheel is built once per session, the way a user builds it: ``pip wheel --no-deps`` with
+build isolation, so pip installs ``[build-system] requires`` and asks the in-tree backend
+(``_build/kms_host_backend.py``) for the rest. That is the logic under test: the default build
+must not bring mypy, and ``KMS_HOST_MYPYC=1`` must. Both build from a copy of the sources,
+because pip builds in the tree (``build/``, ``*.egg-info``, mypy's cache) and would package a
+``rijndael*.so`` left there by a manual ``mypyc``.
+
+The compiled wheel is unpacked (a wheel is a zip of what an install puts in site-packages) and
+``tests/protocol/test_rijndael_builds.py`` runs against it in a fresh interpreter: FIPS-197,
+the pure source held to the compiled module, and the check that the extension is what was
+imported. Building it takes 45-85 s here (mostly gcc on 1.5 MB of generated C); without a C
+compiler those tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [
+    "pyproject.toml",
+    "README.md",
+    "setup.py",
+    "MANIFEST.in",
+    "_build",
+    "protocol",
+    "kms_host",
+]
+BUILD_TIMEOUT_S = 300  # measured: 45-85 s compiled, 4-7 s pure, with pip's cache warm
+RUN_TIMEOUT_S = 120
+EXTENSION = "protocol/kms/rijndael" + sysconfig.get_config_var("EXT_SUFFIX")
+
+needs_cc = pytest.mark.skipif(
+    shutil.which("cc") is None, reason="no C compiler (cc): the mypyc build cannot be tried"
+)
+
+
+def build_wheel(tmp: Path, *, mypyc: str | None) -> tuple[Path | None, str]:
+    """Build a wheel from a copy of the sources; return it (None if pip failed) and pip's output."""
+    source, out = tmp / "src", tmp / "wheel"
+    for name in SOURCES:
+        origin = ROOT / name
+        if origin.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
+            shutil.copytree(origin, source / name, ignore=ignore)
+        else:
+            source.mkdir(exist_ok=True)
+            shutil.copy2(origin, source / name)
+    env = {k: v for k, v in os.environ.items() if k != "KMS_HOST_MYPYC"}
+    if mypyc is not None:
+        env["KMS_HOST_MYPYC"] = mypyc
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(source)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        return None, output
+    [wheel] = out.glob("*.whl")
+    return wheel, output
+
+
+def build_env_installs(output: str) -> set[str]:
+    """The distributions pip installed into the build environment, by name."""
+    names: set[str] = set()
+    for line in re.findall(r"^\s*Successfully installed (.+)$", output, re.MULTILINE):
+        names.update(item.rsplit("-", 1)[0].lower() for item in line.split())
+    return names
+
+
+@pytest.fixture(scope="session")
+def pure_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    wheel, output = build_wheel(tmp_path_factory.mktemp("pure"), mypyc=None)
+    assert wheel is not None, output
+    return wheel, output
+
+
+@pytest.fixture(scope="session")
+def compiled_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    wheel, output = build_wheel(tmp_path_factory.mktemp("compiled"), mypyc="1")
+    assert wheel is not None, output
+    return wheel, output
+
+
+def test_the_default_wheel_is_pure_and_built_without_mypy(pure_wheel: tuple[Path, str]) -> None:
+    wheel, output = pure_wheel
+    assert wheel.name.endswith("-py3-none-any.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "protocol/kms/rijndael.py" in names
+    assert not [name for name in names if name.endswith((".so", ".pyd", ".c"))]
+    installed = build_env_installs(output)
+    assert "setuptools" in installed, output
+    assert "mypy" not in installed
+
+
+def test_a_bad_switch_value_stops_the_build(tmp_path: Path) -> None:
+    wheel, output = build_wheel(tmp_path, mypyc="yes")
+    assert wheel is None
+    assert "KMS_HOST_MYPYC='yes'" in output
+
+
+@needs_cc
+def test_the_compiled_wheel_holds_the_extension_and_the_source(
+    compiled_wheel: tuple[Path, str],
+) -> None:
+    wheel, output = compiled_wheel
+    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    assert wheel.name.endswith(f"-{python}-{python}-{platform}.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert EXTENSION in names
+    assert "protocol/kms/rijndael.py" in names  # the fallback, and what the tests compare with
+    assert "mypy" in build_env_installs(output)
+
+
+@needs_cc
+def test_the_compiled_module_is_imported_and_matches_fips197_and_the_source(
+    compiled_wheel: tuple[Path, str], tmp_path: Path
+) -> None:
+    site = tmp_path / "site-packages"
+    zipfile.ZipFile(compiled_wheel[0]).extractall(site)
+    env = {k: v for k, v in os.environ.items() if k != "KMS_HOST_MYPYC"}
+    env["PYTHONPATH"] = str(site)  # before this checkout (an editable install maps it later)
+    tests = ROOT / "tests" / "protocol" / "test_rijndael_builds.py"
+    result = subprocess.run(
+        # -P: not the working directory first; the unpacked wheel must be what imports.
+        [sys.executable, "-P", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", str(tests)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(
+        r"^PASSED .*::test_compiled_build_is_an_extension_module$", result.stdout, re.M
+    )
+    probe = "from protocol.kms import rijndael as r, rijndael_build as b; print(r.__file__, b())"
+    imported = subprocess.run(
+        [sys.executable, "-P", "-c", probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=True,
+    )
+    assert imported.stdout.split() == [str(site / EXTENSION), "compiled"]
