@@ -87,6 +87,32 @@ class LevelResult:
         """Verified activations per second."""
         return self.ok / self.elapsed_s if self.elapsed_s else 0.0
 
+    @property
+    def taken(self) -> int:
+        """Requests taken from the pool: each one ended verified or as an error."""
+        return self.ok + self.errors.total()
+
+    def merged(self, other: LevelResult) -> LevelResult:
+        """This slice and a later slice of the same level, as one result."""
+        cpu = (
+            None
+            if self.server_cpu_s is None or other.server_cpu_s is None
+            else self.server_cpu_s + other.server_cpu_s
+        )
+        rss = [r for r in (self.server_peak_rss_kib, other.server_peak_rss_kib) if r is not None]
+        return LevelResult(
+            target=self.target,
+            mode=self.mode,
+            concurrency=self.concurrency,
+            ok=self.ok + other.ok,
+            errors=self.errors + other.errors,
+            elapsed_s=self.elapsed_s + other.elapsed_s,
+            client_cpu_s=self.client_cpu_s + other.client_cpu_s,
+            latencies=self.latencies + other.latencies,
+            server_peak_rss_kib=max(rss) if rss else None,
+            server_cpu_s=cpu,
+        )
+
     def as_dict(self) -> dict[str, object]:
         """The JSON form: no raw latencies, their percentiles in milliseconds."""
         ordered = sorted(self.latencies)
@@ -208,11 +234,13 @@ def peak_rss_kib(pid: int) -> int | None:
 class _Level:
     """The shared state of one running level."""
 
-    def __init__(self, settings: BenchSettings, pool: Sequence[PendingRequest]) -> None:
+    def __init__(
+        self, settings: BenchSettings, pool: Sequence[PendingRequest], offset: int
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.tickets = itertools.count()
-        self.next_request = itertools.cycle(range(len(pool)))
+        self.next_request = itertools.islice(itertools.cycle(range(len(pool))), offset, None)
         self.deadline = time.monotonic() + settings.duration_s
         self.ok = 0
         self.errors: Counter[str] = Counter()
@@ -276,9 +304,14 @@ async def run_level(
     target: str,
     progress: Progress | None = None,
     server_pid: int | None = None,
+    offset: int = 0,
 ) -> LevelResult:
-    """Run one level to its bounds and return what it measured."""
-    level = _Level(settings, pool)
+    """Run one level to its bounds and return what it measured.
+
+    ``offset`` is where in ``pool`` to start: a level measured in slices continues where
+    its previous slice stopped, so distinct CMIDs stay distinct across slices.
+    """
+    level = _Level(settings, pool, offset % len(pool))
     worker = _fresh_worker if settings.mode == "fresh" else _keepalive_worker
     server_cpu0 = cpu_seconds(server_pid) if server_pid else None
     cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -2,8 +2,9 @@ r"""``kms-host bench``: measure a host with real, verified activations (issue 7)
 
 ``kms-host bench HOST:PORT`` sweeps modes and concurrencies against a running host, each
 level bounded by ``--duration`` and ``--requests``. ``--ceiling HOST:PORT`` names a null
-ceiling server (``kms-host bench --null-server``) measured at every level right after the
-host, so the report gives the host's rate as a fraction of it. On a 2-core machine, pin
+ceiling server (``kms-host bench --null-server``) measured at every level beside the host,
+in ``--rounds`` alternating slices (3 by default), so the report gives the host's rate as a
+fraction of it and a drift in the machine's speed affects both. On a 2-core machine, pin
 the servers to one core and the load generator to the other (docs/performance.md)::
 
     taskset -c 0 kms-host serve --listen 127.0.0.1:1688 &  SERVE_PID=$!
@@ -84,6 +85,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per level")
     parser.add_argument("--requests", type=int, default=100_000, help="activations per level")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per exchange")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --ceiling: alternating slices per level"
+    )
     parser.add_argument("--server-pid", type=int, help="report the host's peak RSS and CPU")
     parser.add_argument("--ceiling-pid", type=int, help="report the null server's CPU")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -96,8 +100,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.target is None:
         print("kms-host bench: a TARGET (HOST:PORT) or --null-server is required", file=sys.stderr)
         return 2
-    if not 0 < args.duration <= 600 or not 0 < args.requests <= 10_000_000 or args.pool < 1:
-        print("kms-host bench: --duration, --requests and --pool are bounded", file=sys.stderr)
+    if (
+        not 0 < args.duration <= 600
+        or not 0 < args.requests <= 10_000_000
+        or args.pool < 1
+        or not 1 <= args.rounds <= 100
+    ):
+        print(
+            "kms-host bench: --duration, --requests, --pool and --rounds are bounded",
+            file=sys.stderr,
+        )
         return 2
     report = asyncio.run(_bench(args))
     if args.json:
@@ -140,26 +152,38 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.ceiling:
         pools["null"] = bench.build_pool(mix, size=size, distinct=distinct, null=True)
         targets["null"] = args.ceiling
+    # With a ceiling, each level is taken in alternating slices (host, null, host, null, ...)
+    # so that this machine's drift in speed, up to 2x within minutes, falls on both alike.
+    rounds = args.rounds if args.ceiling else 1
     results: list[bench.LevelResult] = []
     for mode in _MODES[args.mode]:
         for concurrency in args.concurrency:
-            settings = bench.BenchSettings(
-                mode, concurrency, args.duration, args.requests, args.timeout
-            )
-            for name, (host, port) in targets.items():
-                label = f"{name} {mode} x{concurrency}"
-                result = await bench.run_level(
-                    host,
-                    port,
-                    settings,
-                    pools[name],
-                    target=name,
-                    progress=_progress(sys.stderr, label),
-                    server_pid=args.server_pid if name == "kms-host" else args.ceiling_pid,
-                )
-                if sys.stderr.isatty():
-                    sys.stderr.write("\r\x1b[K")
-                results.append(result)
+            level: dict[str, bench.LevelResult] = {}
+            for slices_left in range(rounds, 0, -1):
+                for name, (host, port) in targets.items():
+                    done = level.get(name)
+                    taken = done.taken if done else 0
+                    settings = bench.BenchSettings(
+                        mode,
+                        concurrency,
+                        args.duration / rounds,
+                        -(-(args.requests - taken) // slices_left),  # --requests in all
+                        args.timeout,
+                    )
+                    result = await bench.run_level(
+                        host,
+                        port,
+                        settings,
+                        pools[name],
+                        target=name,
+                        progress=_progress(sys.stderr, f"{name} {mode} x{concurrency}"),
+                        server_pid=args.server_pid if name == "kms-host" else args.ceiling_pid,
+                        offset=taken,
+                    )
+                    if sys.stderr.isatty():
+                        sys.stderr.write("\r\x1b[K")
+                    level[name] = done.merged(result) if done else result
+            results += level.values()
     return _report(args, mix, results)
 
 

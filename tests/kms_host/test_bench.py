@@ -170,6 +170,50 @@ async def test_cli_json_report_with_the_null_ceiling(
         }
 
 
+def test_slices_of_a_level_merge_into_one_result() -> None:
+    first = bench.LevelResult("kms-host", "fresh", 8, ok=3, elapsed_s=1.0, client_cpu_s=0.5)
+    first.errors["timeout"] = 1
+    first.latencies += [0.1, 0.2, 0.3]
+    first.server_peak_rss_kib, first.server_cpu_s = 50_000, 0.9
+    second = bench.LevelResult("kms-host", "fresh", 8, ok=5, elapsed_s=2.0, client_cpu_s=0.25)
+    second.errors["timeout"] = 2
+    second.latencies += [0.4] * 5
+    second.server_peak_rss_kib, second.server_cpu_s = 52_000, 1.8
+    merged = first.merged(second)
+    assert (merged.ok, merged.taken, merged.elapsed_s) == (8, 11, 3.0)
+    assert merged.rate == 8 / 3.0
+    assert merged.errors == {"timeout": 3}
+    assert merged.latencies == [0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4, 0.4]
+    assert (merged.client_cpu_s, merged.server_cpu_s) == (0.75, pytest.approx(2.7))
+    assert merged.server_peak_rss_kib == 52_000
+    assert first.merged(bench.LevelResult("kms-host", "fresh", 8)).server_cpu_s is None
+
+
+@pytest.mark.asyncio
+async def test_sliced_levels_alternate_and_keep_clients_distinct(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with running_host(tmp_path / "data") as (host, port), NullServer() as null:
+        null_host, null_port = null.address
+        argv = ["bench", f"{host}:{port}", "--ceiling", f"{null_host}:{null_port}", "--json"]
+        argv += ["--mode", "fresh", "--concurrency", "1", "--requests", "7", "--pool", "7"]
+        code = await asyncio.to_thread(main, [*argv, "--rounds", "3", "--protocol", "6"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(lv["target"], lv["activations"]) for lv in report["levels"]] == [
+        ("kms-host", 7),  # 3 + 2 + 2 over the three slices: --requests in all
+        ("null", 7),
+    ]
+    # Each slice went on through the pool: seven requests, seven distinct clients.
+    code = await asyncio.to_thread(
+        main, ["clients", "--data-dir", str(tmp_path / "data"), "--json"]
+    )
+    assert code == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len({client["cmid"] for client in listed}) == 7
+    assert all(client["request_count"] == 1 for client in listed)
+
+
 @pytest.mark.asyncio
 async def test_cli_text_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async with running_host(tmp_path) as (host, port):
