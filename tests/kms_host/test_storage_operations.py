@@ -20,7 +20,7 @@ import pytest_asyncio
 from sightings import windows_sighting
 
 from kms_host.storage import DATABASE_FILE, AppTally, ClientStore, open_store
-from kms_host.storage.sqlite import _v1_initial
+from kms_host.storage.sqlite_schema import v1_initial
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TEMPLATE = windows_sighting(
@@ -130,7 +130,7 @@ async def test_writers_in_other_connections_wait_for_each_other(tmp_path: Path) 
 @pytest.mark.asyncio
 async def test_a_version_1_table_gains_the_synthetic_column(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / DATABASE_FILE, isolation_level=None) as conn:
-        _v1_initial(conn)
+        v1_initial(conn)
         conn.execute("PRAGMA user_version = 1")
         conn.execute(
             "INSERT INTO clients VALUES ('windows', ?, 'old', ?, ?, 1, 0, 25, '6.0', 'p', 0,"

@@ -1,0 +1,185 @@
+"""The client table's SQLite file: connecting, transactions, the schema and its migrations.
+
+Split from :mod:`kms_host.storage.sqlite`, whose docstring is the theory of operation (WAL,
+``BEGIN IMMEDIATE``, the busy timeout, ``PRAGMA user_version`` as the migration count).
+Everything here runs on the store's worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from kms_host.errors import StorageError
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "HOUR_US",
+    "MIGRATIONS",
+    "SYNCHRONOUS",
+    "connect",
+    "micros",
+    "migrate",
+    "moment",
+    "transaction",
+    "v1_initial",
+]
+
+BUSY_TIMEOUT_S = 10.0
+"""How long a write waits for other processes' transactions: the CLI's (at most a delete) or
+sibling workers' batches (milliseconds each), after which it fails with a StorageError."""
+
+SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(when: datetime) -> int:
+    """``when`` as integer microseconds since the Unix epoch, as the table stores times."""
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when!r}: the client table needs aware UTC times")
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def moment(stored: int) -> datetime:
+    """A stored time back as an aware UTC datetime."""
+    return _EPOCH + stored * _MICROSECOND
+
+
+HOUR_US = 3_600_000_000
+"""Granularity of ``activations_by_hour``: one hour in microseconds. The v1 triggers spell
+it out (3600000000): a released migration never changes, whatever this constant becomes."""
+
+_V1_SCHEMA = (
+    """CREATE TABLE clients (
+        app TEXT NOT NULL,
+        cmid TEXT NOT NULL,
+        machine_name TEXT NOT NULL,
+        sku_id TEXT NOT NULL,
+        kms_id TEXT NOT NULL,
+        license_status INTEGER NOT NULL,
+        is_vm INTEGER NOT NULL,
+        required_client_count INTEGER NOT NULL,
+        protocol_version TEXT NOT NULL,
+        last_peer TEXT NOT NULL,
+        last_hresult INTEGER NOT NULL,
+        first_seen_us INTEGER NOT NULL,
+        last_seen_us INTEGER NOT NULL,
+        last_activated_us INTEGER,
+        activated_required_count INTEGER,
+        request_count INTEGER NOT NULL,
+        PRIMARY KEY (app, cmid)
+    )""",
+    "CREATE INDEX clients_counting ON clients (app, last_activated_us, activated_required_count)",
+    "CREATE INDEX clients_by_last_seen ON clients (last_seen_us)",
+    "CREATE INDEX clients_by_cmid ON clients (cmid)",
+    """CREATE TABLE activations_by_hour (
+        app TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        required_count INTEGER NOT NULL,
+        clients INTEGER NOT NULL,
+        PRIMARY KEY (app, hour, required_count)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER clients_activation_added AFTER INSERT ON clients
+    WHEN new.last_activated_us IS NOT NULL BEGIN
+        INSERT INTO activations_by_hour VALUES
+            (new.app, new.last_activated_us / 3600000000, new.activated_required_count, 1)
+        ON CONFLICT DO UPDATE SET clients = clients + 1;
+    END""",
+    """CREATE TRIGGER clients_activation_removed AFTER DELETE ON clients
+    WHEN old.last_activated_us IS NOT NULL BEGIN
+        UPDATE activations_by_hour SET clients = clients - 1
+        WHERE app = old.app AND hour = old.last_activated_us / 3600000000
+            AND required_count = old.activated_required_count;
+    END""",
+    """CREATE TRIGGER clients_activation_moved
+    AFTER UPDATE OF app, last_activated_us, activated_required_count ON clients
+    WHEN old.app IS NOT new.app OR old.last_activated_us IS NOT new.last_activated_us
+        OR old.activated_required_count IS NOT new.activated_required_count BEGIN
+        UPDATE activations_by_hour SET clients = clients - 1
+        WHERE app = old.app AND hour = old.last_activated_us / 3600000000
+            AND required_count = old.activated_required_count;
+        INSERT INTO activations_by_hour
+            SELECT new.app, new.last_activated_us / 3600000000, new.activated_required_count, 1
+            WHERE new.last_activated_us IS NOT NULL
+        ON CONFLICT DO UPDATE SET clients = clients + 1;
+    END""",
+    """CREATE TABLE request_stats (
+        license_status INTEGER PRIMARY KEY,
+        requests INTEGER NOT NULL,
+        failed INTEGER NOT NULL
+    )""",
+)
+
+
+def v1_initial(conn: sqlite3.Connection) -> None:
+    """Clients per (app, CMID), their activations per hour, and the cumulative counters.
+
+    ``activated_required_count`` is the RequiredClientCount of the last *counted* activation:
+    the count's cap must not move because a refused request asked for an absurd N-policy.
+
+    ``activations_by_hour`` keeps, per app, hour of last activation and required count, how
+    many clients are there. Triggers maintain it from ``clients`` in the same transaction,
+    whoever writes (the daemon or the CLI), so a tally sums a few hundred hour rows and scans
+    the index for one partial hour only, however many clients the table holds.
+    """
+    for statement in _V1_SCHEMA:
+        conn.execute(statement)
+
+
+def v2_synthetic(conn: sqlite3.Connection) -> None:
+    """Mark the rows ``kms-host clients seed`` makes, so listings tell them from machines."""
+    conn.execute("ALTER TABLE clients ADD COLUMN synthetic INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (v1_initial, v2_synthetic)
+"""Applied in order; ``PRAGMA user_version`` counts those applied. Only ever append."""
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+    """Writes take the write lock up front (IMMEDIATE); DEFERRED gives reads one snapshot."""
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: no implicit transactions; transaction() says where they are.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[synchronous]}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    current = _user_version(conn)
+    if current > len(MIGRATIONS):
+        raise StorageError(
+            f"schema version {current} is newer than this kms-host knows"
+            f" ({len(MIGRATIONS)}); use a newer kms-host"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        with transaction(conn):
+            # Re-read under the write lock: another process may have just migrated.
+            if _user_version(conn) < version:
+                MIGRATIONS[version - 1](conn)
+                conn.execute(f"PRAGMA user_version = {version}")
