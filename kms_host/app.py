@@ -50,6 +50,7 @@ __all__ = [
     "BoundAddresses",
     "check_catalog_settings",
     "format_address",
+    "log_listening",
     "run_dns",
     "runtime_file",
     "serve",
@@ -222,6 +223,28 @@ async def run_dns(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def log_listening(
+    config: Config,
+    scope: frozenset[str],
+    bound: BoundAddresses,
+    *,
+    counts: dict[str, int],
+    **extra: object,
+) -> None:
+    """The ``listening`` event that scripts wait for: one per host, whatever its processes."""
+    log.info(
+        "listening",
+        addresses=[format_address(address) for address in bound.tcp],
+        data_dir=str(config.storage.data_dir),
+        scope=sorted(scope),
+        counting_mode=config.counting.mode.value,
+        counts=counts,
+        metrics=[format_address(address) for address in bound.metrics],
+        rijndael=rijndael_build(),
+        **extra,
+    )
+
+
 async def start_activation(
     stack: contextlib.AsyncExitStack,
     config: Config,
@@ -302,16 +325,7 @@ async def serve(
         dns_bound = await stack.enter_async_context(run_dns(config, bound))
         addresses = BoundAddresses(tcp=tuple(bound), dns=tuple(dns_bound), metrics=metrics.bound)
         stack.enter_context(runtime_file(config.storage.data_dir, addresses, clock.now()))
-        log.info(
-            "listening",
-            addresses=[format_address(address) for address in bound],
-            data_dir=str(config.storage.data_dir),
-            scope=sorted(scope),
-            counting_mode=config.counting.mode.value,
-            counts=service.counts,
-            metrics=[format_address(address) for address in metrics.bound],
-            rijndael=rijndael_build(),
-        )
+        log_listening(config, scope, addresses, counts=service.counts)
         if on_ready is not None:
             on_ready(addresses)
         await trigger()

@@ -53,6 +53,7 @@ from kms_host.app import (
     BoundAddresses,
     check_catalog_settings,
     format_address,
+    log_listening,
     run_dns,
     runtime_file,
 )
@@ -64,7 +65,6 @@ from kms_host.identity import load_identity
 from kms_host.metrics import WorkerMetrics, forget_worker, serve_metrics
 from kms_host.server import reserve_addresses
 from kms_host.storage import AppTally, ClientStore, open_store
-from protocol.kms import rijndael_build
 
 __all__ = ["METRICS_DIR", "READY", "WORKER_START_TIMEOUT_S", "WORKER_STOP_MARGIN_S", "supervise"]
 
@@ -314,17 +314,7 @@ async def supervise(config: Config) -> None:
         stack.enter_context(
             runtime_file(data_dir, everything, clock.now(), workers=tuple(workers.pids))
         )
-        log.info(
-            "listening",
-            addresses=addresses,
-            data_dir=str(data_dir),
-            scope=sorted(scope),
-            counting_mode=config.counting.mode.value,
-            counts=await counts(),
-            metrics=[format_address(address) for address in metrics.bound],
-            rijndael=rijndael_build(),
-            workers=len(workers.pids),
-        )
+        log_listening(config, scope, everything, counts=await counts(), workers=len(workers.pids))
         exited = await workers.watch(stop)
         if exited is not None:
             raise WorkerError(f"worker {exited.index} (pid {exited.process.pid}) exited")
