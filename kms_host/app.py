@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from kms_host.addresses import format_address
 from kms_host.catalog import Catalog, load_catalog
 from kms_host.clock import Clock
 from kms_host.config import Config
@@ -49,7 +50,6 @@ __all__ = [
     "RUNTIME_FILE",
     "BoundAddresses",
     "check_catalog_settings",
-    "format_address",
     "log_listening",
     "run_dns",
     "runtime_file",
@@ -142,12 +142,6 @@ def check_catalog_settings(config: Config, catalog: Catalog) -> frozenset[str]:
                 key="host.build",
             )
     return scope
-
-
-def format_address(address: tuple[str, int]) -> str:
-    """``host:port``, or ``[host]:port`` for IPv6, as logs and ``runtime.json`` show it."""
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @contextlib.asynccontextmanager

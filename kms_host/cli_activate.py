@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from kms_host.addresses import format_address
 from kms_host.catalog import load_catalog
 from kms_host.client import ClientError, KmsClient
 from kms_host.dns_config import parse_host_port
@@ -50,7 +51,6 @@ from kms_host.tester import (
     build_client_request,
     choose_product,
     exchange,
-    format_target,
     hex_code,
     unavailable,
 )
@@ -216,7 +216,7 @@ async def _activate(
                 client, (host, port) = connected
                 hosts = [(host, port)]  # later connections go where the first one went
             outcome = await exchange(
-                client, request, target=format_target(*hosts[0]), threshold=product.threshold,
+                client, request, target=format_address(hosts[0]), threshold=product.threshold,
                 require_activation=args.require_activation,
             )  # fmt: skip
             code = _emit(args, number, outcome)
@@ -245,12 +245,12 @@ async def _connect(
         try:
             return await attempt(*hosts[0])
         except ClientError as exc:
-            return unavailable(format_target(*hosts[0]), request, threshold, exc)
+            return unavailable(format_address(hosts[0]), request, threshold, exc)
     try:
         return await first_answering(hosts, attempt)
     except NoHostAnsweredError as exc:
-        tried = "; ".join(f"{format_target(h, p)}: {reason}" for h, p, reason in exc.attempts)
-        target = ",".join(format_target(h, p) for h, p in hosts)
+        tried = "; ".join(f"{format_address((h, p))}: {reason}" for h, p, reason in exc.attempts)
+        target = ",".join(format_address((h, p)) for h, p in hosts)
         return Outcome(target, request, threshold, exc.hresult, "connect", f"{exc}: {tried}")
 
 

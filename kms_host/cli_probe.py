@@ -36,9 +36,9 @@ from kms_host.activation import (
     HRESULT_INVALID_TIMESTAMP,
     HRESULT_KMS_ID_MISMATCH,
 )
+from kms_host.addresses import ListenAddress, parse_listen
 from kms_host.catalog import load_catalog
 from kms_host.client import ActivationResult, ClientError, KmsClient
-from kms_host.config import ListenAddress, parse_listen
 from kms_host.service import PROBE_CMID
 from kms_host.tester import build_client_request, choose_product
 from protocol.errors import EpidError, ResponseVerificationError

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from kms_host.addresses import ListenAddress, parse_listen
 from kms_host.converters import boolean, integer, number
 from kms_host.dns_config import DnsConfig, parse_dns_section
 from kms_host.errors import ConfigError
@@ -39,7 +39,6 @@ __all__ = [
     "CountingConfig",
     "CountingMode",
     "HostConfig",
-    "ListenAddress",
     "LogConfig",
     "MetricsConfig",
     "PolicyConfig",
@@ -47,7 +46,6 @@ __all__ = [
     "ServerConfig",
     "StorageConfig",
     "load_config",
-    "parse_listen",
 ]
 
 ENV_PREFIX = "KMS_HOST_"
@@ -59,44 +57,6 @@ either, and ignored here, so that a variable exported for an install cannot stop
 
 _T = TypeVar("_T")
 _Converter = Callable[[object], _T]
-
-
-# --- listen addresses ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """One address to listen on; ``host`` is bare (no brackets), ready for ``start_server``."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
-_PORT = re.compile(r"[0-9]{1,5}")
-
-
-def parse_listen(text: str) -> ListenAddress:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6, port 0..65535); ValueError says why not."""
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} in {text!r} is not an IPv6 address") from None
-    elif ":" in host:
-        raise ValueError(f"IPv6 addresses go in brackets, as in '[::]:1688', got {text!r}")
-    elif not _HOSTNAME.fullmatch(host):
-        raise ValueError(f"{host!r} in {text!r} is not a host name or IPv4 address")
-    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
-        raise ValueError(f"port must be a number from 0 to 65535, got {text!r}")
-    return ListenAddress(host, int(port_text))
 
 
 # --- converters: raw TOML/env/CLI value -> typed field value, ValueError saying why not -----

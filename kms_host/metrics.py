@@ -54,8 +54,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from kms_host.addresses import ListenAddress
 from kms_host.catalog import Catalog
-from kms_host.config import ListenAddress
 from kms_host.errors import StorageError
 from kms_host.observe import ActivationOutcome, HostObserver, NullObserver
 from kms_host.storage import ClientStore

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from kms_host.config import ListenAddress
+from kms_host.addresses import ListenAddress
 from kms_host.observe import HostObserver, NullObserver
 from kms_host.session import CallHandler, Session
 from protocol.rpc import ServerSettings

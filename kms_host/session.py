@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from kms_host.addresses import format_peer
 from kms_host.observe import HostObserver
 from protocol.rpc import (
     BindCompleted,
@@ -36,7 +37,7 @@ from protocol.rpc import (
     ServerSettings,
 )
 
-__all__ = ["Admission", "CallHandler", "KmsReply", "Session", "format_peer"]
+__all__ = ["Admission", "CallHandler", "KmsReply", "Session"]
 
 log = structlog.get_logger("kms_host.session")
 
@@ -61,16 +62,6 @@ class KmsReply:
 CallHandler = Callable[[CallReceived, str], Awaitable[KmsReply]]
 Admission = Callable[["Session", asyncio.Transport], ServerSettings | None]
 """The listener's say on a new connection: its RPC settings, or None to refuse it."""
-
-
-def format_peer(peername: object) -> str:
-    """Render a socket peer name as ``ip:port`` (``[ip]:port`` for IPv6)."""
-    if not isinstance(peername, tuple) or len(peername) < 2:
-        return "unknown"
-    host, port = str(peername[0]), int(peername[1])
-    if host.startswith("::ffff:") and "." in host:
-        host = host.removeprefix("::ffff:")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Session(asyncio.Protocol):

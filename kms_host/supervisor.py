@@ -49,17 +49,17 @@ from typing import Any
 import structlog
 
 from kms_host.activation import reported_count
+from kms_host.addresses import ListenAddress, format_address
 from kms_host.app import (
     BoundAddresses,
     check_catalog_settings,
-    format_address,
     log_listening,
     run_dns,
     runtime_file,
 )
 from kms_host.catalog import Catalog, load_catalog
 from kms_host.clock import Clock
-from kms_host.config import Config, ListenAddress
+from kms_host.config import Config
 from kms_host.errors import WorkerError
 from kms_host.identity import load_identity
 from kms_host.metrics import WorkerMetrics, forget_worker, serve_metrics

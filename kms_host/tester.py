@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
+from kms_host.addresses import format_address
 from kms_host.catalog import Catalog
 from kms_host.client import ClientError, KmsClient
 from protocol.kms import (
@@ -40,7 +41,6 @@ __all__ = [
     "build_client_request",
     "choose_product",
     "exchange",
-    "format_target",
     "hex_code",
     "unavailable",
 ]
@@ -294,7 +294,7 @@ async def activate_once(
     require_activation: bool = False,
 ) -> Outcome:
     """Connect, bind, send one request, judge the answer, close."""
-    target = format_target(host, port)
+    target = format_address((host, port))
     try:
         client = await KmsClient.connect(host, port, ndr64=ndr64, btfn=btfn, timeout_s=timeout_s)
     except ClientError as exc:
@@ -304,8 +304,3 @@ async def activate_once(
             client, request, target=target, threshold=threshold,
             require_activation=require_activation,
         )  # fmt: skip
-
-
-def format_target(host: str, port: int) -> str:
-    """``host:port``, with IPv6 hosts in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import structlog
 
-from kms_host.app import check_catalog_settings, format_address, signal_trigger, start_activation
+from kms_host.addresses import format_address
+from kms_host.app import check_catalog_settings, signal_trigger, start_activation
 from kms_host.catalog import load_catalog
 from kms_host.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from kms_host.clock import Clock

@@ -25,9 +25,9 @@ import pytest
 from harness import make_request
 from prometheus_client.parser import text_string_to_metric_families
 
+from kms_host.addresses import ListenAddress
 from kms_host.cli import main
 from kms_host.client import KmsClient
-from kms_host.config import ListenAddress
 from kms_host.server import reserve_addresses
 
 CLIENTS = 40

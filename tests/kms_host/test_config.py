@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from kms_host.addresses import ListenAddress, parse_listen
 from kms_host.config import (
     Config,
     ConfigOverrides,
     CountingMode,
-    ListenAddress,
     Prefill,
     load_config,
-    parse_listen,
 )
 from kms_host.errors import ConfigError
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sightings import windows_sighting
 
+from kms_host.addresses import ListenAddress
 from kms_host.catalog import load_catalog
-from kms_host.config import ListenAddress
 from kms_host.metrics import PrometheusObserver, WorkerMetrics, serve_metrics, worker_observer
 from kms_host.observe import ActivationOutcome, NullObserver
 from kms_host.storage import open_store
