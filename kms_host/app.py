@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from kms_host import loop
 from kms_host.addresses import format_address
 from kms_host.catalog import Catalog, load_catalog
 from kms_host.clock import Clock
@@ -235,6 +236,7 @@ def log_listening(
         counts=counts,
         metrics=[format_address(address) for address in bound.metrics],
         rijndael=rijndael_build(),
+        event_loop=loop.running(),
         **extra,
     )
 

@@ -7,7 +7,6 @@ Exit codes are part of the interface scripts rely on: 0 success, 1 a runtime fai
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from kms_host import cli_activate, cli_bench, cli_dns, cli_probe, cli_views
+from kms_host import cli_activate, cli_bench, cli_dns, cli_probe, cli_views, loop
 from kms_host.app import check_catalog_settings, serve
 from kms_host.catalog import load_catalog
 from kms_host.config import Config, ConfigOverrides, load_config
@@ -111,7 +110,8 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.log.format, config.log.level)
     log = structlog.get_logger("kms_host.cli")
     try:
-        asyncio.run(supervise(config) if config.server.workers > 1 else serve(config))
+        main = supervise if config.server.workers > 1 else serve
+        loop.run(lambda: main(config), config.server.event_loop)
     except ConfigError as exc:
         log.error("config_error", key=exc.key, detail=str(exc))
         return EXIT_USAGE

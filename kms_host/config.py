@@ -28,6 +28,7 @@ from kms_host.addresses import ListenAddress, parse_listen
 from kms_host.converters import boolean, integer, number
 from kms_host.dns_config import DnsConfig, parse_dns_section
 from kms_host.errors import ConfigError
+from kms_host.loop import EVENT_LOOPS
 from kms_host.scenario import ScenarioRule, parse_scenarios
 
 __all__ = [
@@ -162,6 +163,9 @@ class ServerConfig:
     """Accept the NDR64 transfer syntax at BIND, as Windows Vista+ hosts do. Default true."""
     btfn: bool = _option(True, boolean)
     """Acknowledge bind-time feature negotiation (BTFN), as Windows 7+ hosts do. Default true."""
+    event_loop: str = _option("auto", _one_of(*EVENT_LOOPS))
+    """The asyncio event loop: "auto" (uvloop if installed, else the standard one),
+    "asyncio", or "uvloop" (which must be installed: ``kms-host[uvloop]``). Default "auto"."""
     workers: int = _option(1, integer(1, 64))
     """Processes answering calls, sharing the listen addresses (SO_REUSEPORT) and the data dir;
     above 1 a supervising parent starts and watches them. Default 1: one process; 1..64."""

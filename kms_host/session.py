@@ -22,6 +22,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
 
@@ -99,13 +100,13 @@ class Session(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self.peer = format_peer(transport.get_extra_info("peername"))
+        # A stream transport: uvloop's is one too, without subclassing asyncio.Transport.
+        stream = self._transport = cast(asyncio.Transport, transport)
+        self.peer = format_peer(stream.get_extra_info("peername"))
         self._log = log.bind(conn_id=self.conn_id, peer=self.peer)
-        settings = self._admit(self, transport)
+        settings = self._admit(self, stream)
         if settings is None:
-            transport.close()
+            stream.close()
             return
         self._rpc = RpcServerConnection(settings)
         self._log.debug("connection_opened")

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import structlog
 
+from kms_host import loop
 from kms_host.addresses import format_address
 from kms_host.app import check_catalog_settings, signal_trigger, start_activation
 from kms_host.catalog import load_catalog
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(config.log.format, config.log.level)
     try:
-        asyncio.run(_work(config, channel))
+        loop.run(lambda: _work(config, channel), config.server.event_loop)
     except ConfigError as exc:
         log.error("config_error", key=exc.key, detail=str(exc))
         return EXIT_USAGE

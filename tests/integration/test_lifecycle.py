@@ -25,6 +25,14 @@ from kms_host.storage import open_store
 
 
 def start_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    process, listening = start_daemon_listening(data_dir, *extra)
+    return process, int(listening["addresses"][0].rsplit(":", 1)[1])
+
+
+def start_daemon_listening(
+    data_dir: Path, *extra: str
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start ``kms-host serve`` on 127.0.0.1:0; return it with its ``listening`` event."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -46,7 +54,7 @@ def start_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], in
     assert process.stdout is not None
     for event in json_lines(process.stdout):
         if event["event"] == "listening":
-            return process, int(event["addresses"][0].rsplit(":", 1)[1])
+            return process, event
     stop(process)
     raise AssertionError("the daemon exited before listening")
 
@@ -93,6 +101,26 @@ async def test_counts_and_table_survive_sigkill(tmp_path: Path) -> None:
         await store.close()
     assert {r.cmid for r in records} == set(cmids)
     assert {r.cmid: r.request_count for r in records}[cmids[0]] == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_the_daemon_serves_on_either_event_loop(tmp_path: Path, event_loop: str) -> None:
+    """uvloop is the test extra's, so both loops a user can pick run here (kms_host/loop.py)."""
+    config = tmp_path / "kms-host.toml"
+    config.write_text(f'[server]\nevent_loop = "{event_loop}"\n', encoding="utf-8")
+    process, listening = start_daemon_listening(tmp_path / "data", "--config", str(config))
+    assert listening["event_loop"] == event_loop
+    port = int(listening["addresses"][0].rsplit(":", 1)[1])
+    try:
+        counts = [await activate(port, uuid.uuid4()) for _ in range(3)]
+    finally:
+        out = stop(process)
+    assert counts == [25, 26, 27]
+    assert process.returncode == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["result"] for e in events if e["event"] == "activation"] == ["activated"] * 3
+    assert events[-1]["event"] == "stopped"
 
 
 def write_config(tmp_path: Path) -> Path:

@@ -62,6 +62,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.server.ndr64 is True
     assert config.server.btfn is True
     assert config.server.workers == 1
+    assert config.server.event_loop == "auto"
     assert config.host.scope == ("all",)
     assert dict(config.host.epid) == {}
     assert config.host.hwid == ""
@@ -178,6 +179,21 @@ def test_workers_flag_out_of_range_names_key_and_flag(workers: int) -> None:
     assert error.key == "server.workers"
     assert "from 1 to 64" in str(error)
     assert "--workers" in str(error)
+
+
+def test_event_loop_from_file_and_env(tmp_path: Path) -> None:
+    assert load('[server]\nevent_loop = "asyncio"\n', tmp_path=tmp_path).server.event_loop == (
+        "asyncio"
+    )
+    env = {"KMS_HOST_SERVER_EVENT_LOOP": "uvloop"}
+    assert load(env=env).server.event_loop == "uvloop"
+
+
+@pytest.mark.parametrize("value", ['"trio"', '"UVLOOP"', "true", '""'])
+def test_event_loop_must_be_a_known_one(value: str, tmp_path: Path) -> None:
+    error = rejected(f"[server]\nevent_loop = {value}\n", tmp_path=tmp_path)
+    assert error.key == "server.event_loop"
+    assert "'auto', 'asyncio', 'uvloop'" in str(error)
 
 
 def test_empty_cli_listen_keeps_the_configured_one() -> None:
