@@ -207,6 +207,11 @@ class _NullProtocol(asyncio.Protocol):
             self._transport.close()
 
 
+_BACKLOG = 1024
+"""The accept queue of ``kms-host serve`` by default (``max_connections``), so that both
+servers lose no SYN to a full queue at 256 fresh connections and the ceiling compares alike."""
+
+
 class NullServer:
     """The null ceiling server on one address; ``async with`` it, or ``start``/``close``."""
 
@@ -227,7 +232,10 @@ class NullServer:
         negotiation, responses = _canned_pdus(self._port or 1688)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _NullProtocol(negotiation, responses), self._host, self._port
+            lambda: _NullProtocol(negotiation, responses),
+            self._host,
+            self._port,
+            backlog=_BACKLOG,
         )
         return self.address
 

@@ -158,9 +158,17 @@ class KmsServer:
         """Bind one address; ``::`` means dual-stack, as ``[::]:1688`` does on Windows."""
         loop = asyncio.get_running_loop()
         reuse_port = self._reuse_port
+        # The accept queue holds as many connections as the host would serve at once: with
+        # the default 100, a burst of 256 fresh connections lost SYNs and waited 1-2 s for
+        # the retransmission (kernel cap: net.core.somaxconn).
+        backlog = self._limits.max_connections
         if address.host != "::":
             return await loop.create_server(
-                self._new_session, address.host, address.port, reuse_port=reuse_port
+                self._new_session,
+                address.host,
+                address.port,
+                reuse_port=reuse_port,
+                backlog=backlog,
             )
         try:
             sock = _bound_socket(socket.AF_INET6, ("::", address.port), reuse_port=reuse_port)
@@ -173,8 +181,9 @@ class KmsServer:
                 "0.0.0.0",  # noqa: S104 - the documented default
                 address.port,
                 reuse_port=reuse_port,
+                backlog=backlog,
             )
-        return await loop.create_server(self._new_session, sock=sock)
+        return await loop.create_server(self._new_session, sock=sock, backlog=backlog)
 
     def _next_assoc_group(self) -> int:
         # vlmcsd style (spec 2.7): random at start, one more for every accepted connection.
