@@ -8,6 +8,7 @@
 # fresh virtual environment, so keep them plain.
 
 # --- build: install the package and its dependencies into a self-contained venv -----------
+# With uvloop (a prebuilt wheel, no compiler), which `serve` runs when installed.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md setup.py ./
@@ -15,7 +16,7 @@ COPY _build/ _build/
 COPY protocol/ protocol/
 COPY kms_host/ kms_host/
 RUN python -m venv /opt/kms-host \
-    && /opt/kms-host/bin/pip install --no-cache-dir .
+    && /opt/kms-host/bin/pip install --no-cache-dir '.[uvloop]'
 
 # --- runtime: the venv only, run by an unprivileged user --------------------------------------
 FROM python:3.11-slim

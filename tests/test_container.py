@@ -214,6 +214,7 @@ def test_the_images_install_and_start_steps_in_a_fresh_venv(
         listening = next(e for e in events(lines, START_TIMEOUT_S) if e["event"] == "listening")
         [address] = listening["addresses"]
         assert listening["rijndael"] == "pure"  # the image installs the default, pure build
+        assert listening["event_loop"] == "uvloop"  # and the uvloop extra
         probe = [word.replace("127.0.0.1:1688", str(address)) for word in health_command()]
         probe[0] = shutil.which(probe[0], path=env["PATH"]) or probe[0]
         checked = subprocess.run(
