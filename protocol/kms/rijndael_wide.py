@@ -1,0 +1,259 @@
+"""Rijndael over many independent blocks at once: one round for all of them per step.
+
+Why this module exists (issue 7): :mod:`protocol.kms.rijndael` costs pure Python about 16
+T-table lookups per round per block, some 10 µs a block, and a V6 exchange has 33 blocks.
+But most of those blocks do not depend on each other: CBC *decryption* of a message is
+one independent block decryption per ciphertext block (spec 5.4: P_i = D_K(C_i) xor
+C_(i-1)), and CBC *encryption* of several messages can advance all of them one block per
+step. Here a step processes n blocks with a fixed number of C-level operations on one
+128n-bit integer and one 16n-byte string, whatever n is: ``bytes.translate`` does SubBytes
+with the GF(2^8) multiples MixColumns needs, masks and shifts do ShiftRows and the byte
+rotations inside each column, and XOR adds the round key to every block at once. Pure
+Python then pays about 50 operations a round for all the blocks together.
+
+Layout: the blocks are concatenated in order and read as one big-endian integer, so byte
+``i`` of a block is row ``i % 4`` of column ``i // 4`` (FIPS-197 3.4), and inside each
+32-bit column word row 0 is the most significant byte. Masks and round keys are repeated
+once per block; they depend on n only, so each width is built once and cached.
+
+The round keys are the ones :class:`protocol.kms.rijndael.Rijndael` expanded, tweaks
+included (spec 5.2), so the two modules compute the same cipher; the tests hold them to
+each other and to the spec's vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from protocol.kms.rijndael import _INV_SBOX, _SBOX, _gf_mul
+
+__all__ = ["WideRijndael"]
+
+BLOCK_SIZE: Final = 16
+_MAX_CACHED_WIDTHS: Final = 64
+
+
+_S: Final = bytes(_SBOX)
+_INV_S: Final = bytes(_INV_SBOX)
+# Translation tables: SubBytes fused with the MixColumns multiples (x2 for encryption) and
+# InvSubBytes fused with the InvMixColumns ones (x14, x11, x13, x9 for decryption).
+_S2: Final = bytes(_gf_mul(s, 2) for s in _S)
+_I14, _I11, _I13, _I9 = (bytes(_gf_mul(i, m) for i in _INV_S) for m in (14, 11, 13, 9))
+
+
+def _byte_mask(positions: set[int]) -> int:
+    """A 128-bit mask with 0xFF at the given byte indexes of a block."""
+    return int.from_bytes(bytes(0xFF if i in positions else 0 for i in range(BLOCK_SIZE)))
+
+
+def _repeat(value: int, count: int) -> int:
+    """A 128-bit value repeated for ``count`` consecutive blocks."""
+    return int.from_bytes(value.to_bytes(BLOCK_SIZE) * count)
+
+
+def _inv_mix_columns(value: int) -> int:
+    """InvMixColumns of one 16-byte value (FIPS-197 5.3.3), for the decryption round keys."""
+    data = value.to_bytes(BLOCK_SIZE)
+    out = bytearray(BLOCK_SIZE)
+    for column in range(0, BLOCK_SIZE, 4):
+        a = data[column : column + 4]
+        for row in range(4):
+            out[column + row] = (
+                _gf_mul(a[row], 14)
+                ^ _gf_mul(a[(row + 1) % 4], 11)
+                ^ _gf_mul(a[(row + 2) % 4], 13)
+                ^ _gf_mul(a[(row + 3) % 4], 9)
+            )
+    return int.from_bytes(out)
+
+
+# Per-block masks. Row r of every column: byte indexes 4c + r.
+_ROWS: Final = tuple(_byte_mask({4 * c + r for c in range(4)}) for r in range(4))
+# Rotation by k bytes inside every column word, bringing row r + k to row r: the rows that
+# move up (shifted left 8k bits) and the ones that wrap around (shifted right 32 - 8k).
+_ROTATE: Final = tuple(
+    (
+        _byte_mask({4 * c + r for c in range(4) for r in range(4 - k)}),
+        _byte_mask({4 * c + r for c in range(4) for r in range(4 - k, 4)}),
+    )
+    for k in range(4)
+)
+# ShiftRows takes row r of column c from column c + r (mod 4); InvShiftRows from c - r. In
+# each, the destination columns are split by whether the source lies to the right (a left
+# shift by 32r bits) or, wrapping, to the left (a right shift by 128 - 32r bits).
+_SHIFT_LEFT_KEEP: Final = tuple(
+    _byte_mask({4 * c + r for c in range(4) if c + r < 4}) for r in range(4)
+)
+_SHIFT_LEFT_WRAP: Final = tuple(
+    _byte_mask({4 * c + r for c in range(4) if c + r >= 4}) for r in range(4)
+)
+_SHIFT_RIGHT_KEEP: Final = tuple(
+    _byte_mask({4 * c + r for c in range(4) if c - r >= 0}) for r in range(4)
+)
+_SHIFT_RIGHT_WRAP: Final = tuple(
+    _byte_mask({4 * c + r for c in range(4) if c - r < 0}) for r in range(4)
+)
+
+
+class _Width:
+    """Masks and round keys repeated for one number of blocks."""
+
+    __slots__ = (
+        "dec_keys",
+        "enc_keys",
+        "inv_shift",
+        "nbytes",
+        "rotate",
+        "row0",
+        "shift",
+    )
+
+    def __init__(self, blocks: int, enc_keys: Sequence[int], dec_keys: Sequence[int]) -> None:
+        self.nbytes = BLOCK_SIZE * blocks
+        self.row0 = _repeat(_ROWS[0], blocks)
+        self.rotate = tuple(
+            (_repeat(up, blocks), _repeat(wrap, blocks)) for up, wrap in _ROTATE[1:]
+        )
+        self.shift = tuple(
+            (
+                _repeat(_ROWS[r], blocks),
+                _repeat(_SHIFT_LEFT_KEEP[r], blocks),
+                _repeat(_SHIFT_LEFT_WRAP[r], blocks),
+            )
+            for r in range(1, 4)
+        )
+        self.inv_shift = tuple(
+            (
+                _repeat(_ROWS[r], blocks),
+                _repeat(_SHIFT_RIGHT_KEEP[r], blocks),
+                _repeat(_SHIFT_RIGHT_WRAP[r], blocks),
+            )
+            for r in range(1, 4)
+        )
+        self.enc_keys = tuple(_repeat(key, blocks) for key in enc_keys)
+        self.dec_keys = tuple(_repeat(key, blocks) for key in dec_keys)
+
+
+class WideRijndael:
+    """ECB over any number of blocks, one round of all blocks per step (module docstring).
+
+    ``round_keys`` are rk0..rkNr as 16-byte values, tweaks already applied: exactly
+    :attr:`protocol.kms.rijndael.Rijndael.round_keys`. The block count of a call sets the
+    width; widths are cached (at most 64, the first ones used), since a host sees a few
+    fixed message sizes and batch sizes.
+    """
+
+    __slots__ = ("_dec_keys", "_enc_keys", "_widths")
+
+    def __init__(self, round_keys: Sequence[bytes]) -> None:
+        if len(round_keys) < 2 or any(len(key) != BLOCK_SIZE for key in round_keys):
+            raise ValueError("round keys must be at least two 16-byte values")
+        self._enc_keys = tuple(int.from_bytes(key) for key in round_keys)
+        # Equivalent inverse cipher (FIPS-197 5.3.5): InvMixColumns applied to inner keys,
+        # taken in reverse order, so that every round is InvSub, InvShift, InvMix, AddKey.
+        inner = tuple(_inv_mix_columns(key) for key in self._enc_keys[1:-1])
+        self._dec_keys = (self._enc_keys[-1], *reversed(inner), self._enc_keys[0])
+        self._widths: dict[int, _Width] = {}
+
+    def _width(self, blocks: int) -> _Width:
+        width = self._widths.get(blocks)
+        if width is None:
+            width = _Width(blocks, self._enc_keys, self._dec_keys)
+            if len(self._widths) < _MAX_CACHED_WIDTHS:
+                self._widths[blocks] = width
+        return width
+
+    def encrypt_blocks(self, data: bytes) -> bytes:
+        """Encrypt each 16-byte block of ``data`` independently."""
+        width = self._width(_count_blocks(data))
+        return self.encrypt_int(int.from_bytes(data), width).to_bytes(width.nbytes)
+
+    def decrypt_blocks(self, data: bytes) -> bytes:
+        """Decrypt each 16-byte block of ``data`` independently."""
+        width = self._width(_count_blocks(data))
+        return self.decrypt_int(int.from_bytes(data), width).to_bytes(width.nbytes)
+
+    def width(self, blocks: int) -> _Width:
+        """The masks and keys for ``blocks`` blocks, for callers that chain integer steps."""
+        if blocks < 1:
+            raise ValueError(f"a width is at least one block, not {blocks}")
+        return self._width(blocks)
+
+    def encrypt_int(self, state: int, width: _Width) -> int:
+        """Encrypt the blocks packed in ``state`` (big-endian, ``width``'s block count)."""
+        nbytes, row0 = width.nbytes, width.row0
+        (r1, k1, w1), (r2, k2, w2), (r3, k3, w3) = width.shift
+        (u1, d1), (u2, d2), _ = width.rotate
+        keys = width.enc_keys
+        from_bytes = int.from_bytes
+        state ^= keys[0]
+        for key in keys[1:-1]:
+            # ShiftRows first: it commutes with SubBytes, and then one string holds it all.
+            t1, t2, t3 = state & r1, state & r2, state & r3
+            shifted = (
+                (state & row0)
+                | ((t1 << 32) & k1) | ((t1 >> 96) & w1)
+                | ((t2 << 64) & k2) | ((t2 >> 64) & w2)
+                | ((t3 << 96) & k3) | ((t3 >> 32) & w3)
+            ).to_bytes(nbytes)  # fmt: skip
+            s1 = from_bytes(shifted.translate(_S))
+            s2 = from_bytes(shifted.translate(_S2))
+            # MixColumns row r: 2a_r ^ 3a_(r+1) ^ a_(r+2) ^ a_(r+3), with 3a = 2a ^ a:
+            # s2 ^ rot1(s2 ^ s1) ^ rot2(s1 ^ rot1(s1)).
+            m = s2 ^ s1
+            m = ((m << 8) & u1) | ((m >> 24) & d1)
+            n = s1 ^ (((s1 << 8) & u1) | ((s1 >> 24) & d1))
+            n = ((n << 16) & u2) | ((n >> 16) & d2)
+            state = s2 ^ m ^ n ^ key
+        t1, t2, t3 = state & r1, state & r2, state & r3
+        shifted = (
+            (state & row0)
+            | ((t1 << 32) & k1) | ((t1 >> 96) & w1)
+            | ((t2 << 64) & k2) | ((t2 >> 64) & w2)
+            | ((t3 << 96) & k3) | ((t3 >> 32) & w3)
+        ).to_bytes(nbytes)  # fmt: skip
+        return from_bytes(shifted.translate(_S)) ^ keys[-1]
+
+    def decrypt_int(self, state: int, width: _Width) -> int:
+        """Decrypt the blocks packed in ``state`` (big-endian, ``width``'s block count)."""
+        nbytes, row0 = width.nbytes, width.row0
+        (r1, k1, w1), (r2, k2, w2), (r3, k3, w3) = width.inv_shift
+        (u1, d1), (u2, d2), (u3, d3) = width.rotate
+        keys = width.dec_keys
+        from_bytes = int.from_bytes
+        state ^= keys[0]
+        for key in keys[1:-1]:
+            t1, t2, t3 = state & r1, state & r2, state & r3
+            shifted = (
+                (state & row0)
+                | ((t1 >> 32) & k1) | ((t1 << 96) & w1)
+                | ((t2 >> 64) & k2) | ((t2 << 64) & w2)
+                | ((t3 >> 96) & k3) | ((t3 << 32) & w3)
+            ).to_bytes(nbytes)  # fmt: skip
+            a14 = from_bytes(shifted.translate(_I14))
+            a11 = from_bytes(shifted.translate(_I11))
+            a13 = from_bytes(shifted.translate(_I13))
+            a9 = from_bytes(shifted.translate(_I9))
+            # InvMixColumns row r: 14a_r ^ 11a_(r+1) ^ 13a_(r+2) ^ 9a_(r+3).
+            state = (
+                a14
+                ^ ((a11 << 8) & u1) ^ ((a11 >> 24) & d1)
+                ^ ((a13 << 16) & u2) ^ ((a13 >> 16) & d2)
+                ^ ((a9 << 24) & u3) ^ ((a9 >> 8) & d3)
+                ^ key
+            )  # fmt: skip
+        t1, t2, t3 = state & r1, state & r2, state & r3
+        shifted = (
+            (state & row0)
+            | ((t1 >> 32) & k1) | ((t1 << 96) & w1)
+            | ((t2 >> 64) & k2) | ((t2 << 64) & w2)
+            | ((t3 >> 96) & k3) | ((t3 << 32) & w3)
+        ).to_bytes(nbytes)  # fmt: skip
+        return from_bytes(shifted.translate(_INV_S)) ^ keys[-1]
+
+
+def _count_blocks(data: bytes) -> int:
+    if not data or len(data) % BLOCK_SIZE:
+        raise ValueError(f"need whole 16-byte blocks, got {len(data)} bytes")
+    return len(data) // BLOCK_SIZE
