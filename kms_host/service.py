@@ -31,6 +31,7 @@ from kms_host.errors import StorageError
 from kms_host.identity import HostIdentity
 from kms_host.observe import ActivationOutcome, HostObserver, NullObserver
 from kms_host.scenario import ScenarioBook, ScenarioRule, Subject, corrupt, log_fields
+from kms_host.sealer import ResponseSealer
 from kms_host.session import KmsReply
 from kms_host.storage import AppTally, ClientStore, Sighting
 from protocol.errors import NCA_S_FAULT_UNSPEC, KmsError
@@ -42,7 +43,6 @@ from protocol.kms import (
     filetime_to_datetime,
     open_request,
     peek_version,
-    seal_response,
 )
 from protocol.rpc import CallReceived
 
@@ -95,7 +95,7 @@ class ActivationService:
         self._identity = identity
         self._store = store
         self._clock = clock
-        self._rng = rng
+        self._sealer = ResponseSealer(hwid=identity.hwid, rng=rng)
         self._observer: HostObserver = observer or NullObserver()
         self._scenarios = scenarios or ScenarioBook()
         self._window = timedelta(days=config.counting.window_days)
@@ -239,7 +239,7 @@ class ActivationService:
             activation_interval_min=self._config.host.activation_interval_min,
             renewal_interval_min=self._config.host.renewal_interval_min,
         )
-        message = seal_response(opened, response, hwid=self._identity.hwid, rng=self._rng)
+        message = await self._sealer.seal(opened, response)
         if rule is not None and rule.corrupt:
             message = corrupt(message, request.version, epid)
         self._finish(

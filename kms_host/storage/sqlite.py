@@ -66,6 +66,7 @@ RECORD_BATCH = 64
 COMMIT's fsync over a busy host's concurrent requests, few enough that a batch holds the
 write lock (and delays the CLI) for milliseconds only."""
 
+
 class _RecordJob(NamedTuple):
     """One queued :meth:`SqliteClientStore.record` call and the future its caller awaits."""
 

@@ -4,10 +4,9 @@ Everything else in this package (schemas, codec, ciphers) is private to it, exce
 :func:`rijndael_build`, which says which build of the Rijndael cipher this process runs.
 """
 
-from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Literal
 
-from protocol.kms import rijndael
+from protocol.kms._primitives import compiled_build
 from protocol.kms.crypto import (
     OpenedRequest,
     PendingRequest,
@@ -18,6 +17,7 @@ from protocol.kms.crypto import (
     open_response,
     peek_version,
     seal_response,
+    seal_responses,
     v4_mac,
 )
 from protocol.kms.messages import (
@@ -48,6 +48,7 @@ __all__ = [
     "peek_version",
     "rijndael_build",
     "seal_response",
+    "seal_responses",
     "v4_mac",
 ]
 
@@ -61,4 +62,4 @@ def rijndael_build() -> Literal["compiled", "pure"]:
     it at start, ``status`` and ``bench`` report it, so a figure is never read against the
     wrong build.
     """
-    return "compiled" if rijndael.__file__.endswith(tuple(EXTENSION_SUFFIXES)) else "pure"
+    return "compiled" if compiled_build() else "pure"

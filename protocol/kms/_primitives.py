@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol.kms import _fastcodec, codec
+from protocol.kms import _fastcodec, codec, rijndael
 from protocol.kms.messages import ProtocolVersion
 from protocol.kms.rijndael import Rijndael
+from protocol.kms.rijndael_wide import WideRijndael
 
 __all__ = [
     "BLOCK_SIZE",
@@ -34,9 +36,11 @@ __all__ = [
     "CbcCipher",
     "Rng",
     "cipher_for",
+    "compiled_build",
     "draw_block",
     "require_ivs",
     "seal_envelope",
+    "seal_v6_envelopes",
     "strip_pkcs7",
     "v4_mac",
     "v6_hmac",
@@ -55,6 +59,16 @@ _K4: Final = bytes.fromhex("053D8307F9E5F088EB5EA6686CF037C7E4EFD2D6")
 _K5: Final = bytes.fromhex("CD7E796F2AB25DCB55FFC8EF8364C470")
 _K6: Final = bytes.fromhex("A94A4195E201432D9BCB460405D84A21")
 _V6_TWEAKS: Final = {4: 0x73, 6: 0x09, 8: 0xE4}
+
+
+def compiled_build() -> bool:
+    """Whether :mod:`protocol.kms.rijndael` is the mypyc extension (docs/performance.md)."""
+    return str(rijndael.__file__).endswith(tuple(EXTENSION_SUFFIXES))
+
+
+# From this many blocks (or messages side by side) the wide cipher beats the T-table one:
+# 2 in pure Python, about 30 once mypyc has compiled the T-tables (docs/performance.md).
+_WIDE_FROM: Final = 32 if compiled_build() else 2
 
 # V6 HMAC time slot (spec 5.1, 5.6): slot = (T // C1) * C2 + C3 in unsigned 64-bit arithmetic.
 _C1: Final = 0x00000022816889BD
@@ -102,10 +116,11 @@ class _AesCbc:
 class _RijndaelCbc:
     """CBC over :class:`Rijndael` for the two variants ``cryptography`` cannot do."""
 
-    __slots__ = ("_cipher",)
+    __slots__ = ("_cipher", "_wide")
 
     def __init__(self, cipher: Rijndael) -> None:
         self._cipher = cipher
+        self._wide = WideRijndael(cipher.round_keys)
 
     def decrypt_block(self, block: bytes) -> bytes:
         return self._cipher.decrypt_block(block)
@@ -114,7 +129,48 @@ class _RijndaelCbc:
         return self._cipher.cbc_encrypt(iv, plaintext)
 
     def cbc_decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
-        return self._cipher.cbc_decrypt(iv, ciphertext)
+        """P_i = D_K(C_i) xor C_(i-1) (spec 5.4): all blocks in one wide step, one XOR to chain."""
+        blocks, rest = divmod(len(ciphertext), BLOCK_SIZE)
+        if blocks < _WIDE_FROM or rest or len(iv) != BLOCK_SIZE:
+            return self._cipher.cbc_decrypt(iv, ciphertext)
+        width = self._wide.width(blocks)
+        decrypted = self._wide.decrypt_int(int.from_bytes(ciphertext), width)
+        chain = int.from_bytes(iv + ciphertext[:-BLOCK_SIZE])
+        return (decrypted ^ chain).to_bytes(width.nbytes)
+
+    def decrypt_blocks(self, blocks: bytes) -> bytes:
+        """D_K of each 16-byte block, independently (the V6 Ds values of a batch)."""
+        if len(blocks) < _WIDE_FROM * BLOCK_SIZE:
+            return b"".join(
+                self._cipher.decrypt_block(blocks[i : i + BLOCK_SIZE])
+                for i in range(0, len(blocks), BLOCK_SIZE)
+            )
+        return self._wide.decrypt_blocks(blocks)
+
+    def cbc_encrypt_many(self, ivs: Sequence[bytes], plaintexts: Sequence[bytes]) -> list[bytes]:
+        """CBC-encrypt messages of one length side by side: block i of all of them per step.
+
+        Each result is ``cbc_encrypt(iv, plaintext)`` of its pair; CBC encryption cannot
+        run one message's blocks together, but it can run many messages' (issue 7).
+        """
+        size = len(plaintexts[0]) if plaintexts else 0
+        if len(ivs) != len(plaintexts) or any(len(p) != size for p in plaintexts):
+            raise ValueError("side-by-side CBC needs one IV per message and equal lengths")
+        if len(plaintexts) < _WIDE_FROM:
+            return [self._cipher.cbc_encrypt(iv, p) for iv, p in zip(ivs, plaintexts, strict=True)]
+        _check_whole_blocks(ivs, size)
+        width = self._wide.width(len(plaintexts))
+        encrypt, nbytes = self._wide.encrypt_int, width.nbytes
+        chain = int.from_bytes(b"".join(ivs))
+        steps: list[bytes] = []
+        for offset in range(0, size, BLOCK_SIZE):
+            block = int.from_bytes(b"".join([p[offset : offset + BLOCK_SIZE] for p in plaintexts]))
+            chain = encrypt(block ^ chain, width)
+            steps.append(chain.to_bytes(nbytes))
+        return [
+            b"".join([step[i : i + BLOCK_SIZE] for step in steps])
+            for i in range(0, nbytes, BLOCK_SIZE)
+        ]
 
     def cbc_mac(self, message: bytes) -> bytes:
         """CBC-MAC with a zero IV and ISO/IEC 9797-1 padding method 2 (the V4 MAC, spec 5.3).
@@ -164,9 +220,30 @@ def seal_envelope(version: ProtocolVersion, iv: bytes, payload: bytes) -> bytes:
     return _fastcodec.build_envelope(codec.Envelope(version.value, 0, iv, ciphertext))
 
 
+def seal_v6_envelopes(ivs: Sequence[bytes], payloads: Sequence[bytes]) -> list[bytes]:
+    """``seal_envelope(V6, iv, payload)`` of each pair, equal-sized ones side by side."""
+    padded = [_add_pkcs7(payload) for payload in payloads]
+    by_size: dict[int, list[int]] = {}
+    for index, data in enumerate(padded):
+        by_size.setdefault(len(data), []).append(index)
+    sealed = [b""] * len(padded)
+    for indexes in by_size.values():
+        group_ivs = [ivs[i] for i in indexes]
+        ciphertexts = V6_CIPHER.cbc_encrypt_many(group_ivs, [padded[i] for i in indexes])
+        for index, iv, ciphertext in zip(indexes, group_ivs, ciphertexts, strict=True):
+            envelope = codec.Envelope(ProtocolVersion.V6.value, 0, iv, ciphertext)
+            sealed[index] = _fastcodec.build_envelope(envelope)
+    return sealed
+
+
 def xor_blocks(left: bytes, right: bytes) -> bytes:
     """Bytewise XOR of two 16-byte values."""
     return (int.from_bytes(left) ^ int.from_bytes(right)).to_bytes(BLOCK_SIZE)
+
+
+def _check_whole_blocks(ivs: Sequence[bytes], size: int) -> None:
+    if size % BLOCK_SIZE or any(len(iv) != BLOCK_SIZE for iv in ivs):
+        raise ValueError(f"CBC needs 16-byte IVs and whole 16-byte blocks, got {size} bytes")
 
 
 def draw_block(rng: Rng) -> bytes:
