@@ -186,9 +186,10 @@ class WideRijndael:
         (r1, k1, w1), (r2, k2, w2), (r3, k3, w3) = width.shift
         (u1, d1), (u2, d2), _ = width.rotate
         keys = width.enc_keys
+        final = len(keys) - 2  # the last round has no MixColumns
         from_bytes = int.from_bytes
         state ^= keys[0]
-        for key in keys[1:-1]:
+        for number, key in enumerate(keys[1:]):
             # ShiftRows first: it commutes with SubBytes, and then one string holds it all.
             t1, t2, t3 = state & r1, state & r2, state & r3
             shifted = (
@@ -198,6 +199,8 @@ class WideRijndael:
                 | ((t3 << 96) & k3) | ((t3 >> 32) & w3)
             ).to_bytes(nbytes)  # fmt: skip
             s1 = from_bytes(shifted.translate(_S))
+            if number == final:
+                return s1 ^ key
             s2 = from_bytes(shifted.translate(_S2))
             # MixColumns row r: 2a_r ^ 3a_(r+1) ^ a_(r+2) ^ a_(r+3), with 3a = 2a ^ a:
             # s2 ^ rot1(s2 ^ s1) ^ rot2(s1 ^ rot1(s1)).
@@ -206,14 +209,7 @@ class WideRijndael:
             n = s1 ^ (((s1 << 8) & u1) | ((s1 >> 24) & d1))
             n = ((n << 16) & u2) | ((n >> 16) & d2)
             state = s2 ^ m ^ n ^ key
-        t1, t2, t3 = state & r1, state & r2, state & r3
-        shifted = (
-            (state & row0)
-            | ((t1 << 32) & k1) | ((t1 >> 96) & w1)
-            | ((t2 << 64) & k2) | ((t2 >> 64) & w2)
-            | ((t3 << 96) & k3) | ((t3 >> 32) & w3)
-        ).to_bytes(nbytes)  # fmt: skip
-        return from_bytes(shifted.translate(_S)) ^ keys[-1]
+        raise AssertionError("unreachable: the loop returns in its last round")
 
     def decrypt_int(self, state: int, width: _Width) -> int:
         """Decrypt the blocks packed in ``state`` (big-endian, ``width``'s block count)."""
@@ -221,9 +217,10 @@ class WideRijndael:
         (r1, k1, w1), (r2, k2, w2), (r3, k3, w3) = width.inv_shift
         (u1, d1), (u2, d2), (u3, d3) = width.rotate
         keys = width.dec_keys
+        final = len(keys) - 2  # the last round has no InvMixColumns
         from_bytes = int.from_bytes
         state ^= keys[0]
-        for key in keys[1:-1]:
+        for number, key in enumerate(keys[1:]):
             t1, t2, t3 = state & r1, state & r2, state & r3
             shifted = (
                 (state & row0)
@@ -231,6 +228,8 @@ class WideRijndael:
                 | ((t2 >> 64) & k2) | ((t2 << 64) & w2)
                 | ((t3 >> 96) & k3) | ((t3 << 32) & w3)
             ).to_bytes(nbytes)  # fmt: skip
+            if number == final:
+                return from_bytes(shifted.translate(_INV_S)) ^ key
             a14 = from_bytes(shifted.translate(_I14))
             a11 = from_bytes(shifted.translate(_I11))
             a13 = from_bytes(shifted.translate(_I13))
@@ -243,14 +242,7 @@ class WideRijndael:
                 ^ ((a9 << 24) & u3) ^ ((a9 >> 8) & d3)
                 ^ key
             )  # fmt: skip
-        t1, t2, t3 = state & r1, state & r2, state & r3
-        shifted = (
-            (state & row0)
-            | ((t1 >> 32) & k1) | ((t1 << 96) & w1)
-            | ((t2 >> 64) & k2) | ((t2 << 64) & w2)
-            | ((t3 >> 96) & k3) | ((t3 << 32) & w3)
-        ).to_bytes(nbytes)  # fmt: skip
-        return from_bytes(shifted.translate(_INV_S)) ^ keys[-1]
+        raise AssertionError("unreachable: the loop returns in its last round")
 
 
 def _count_blocks(data: bytes) -> int:
