@@ -23,9 +23,10 @@ Theory of operation:
   in arrival order, inside one ``BEGIN IMMEDIATE ... COMMIT``, each computing its own tally
   after its own write. Their futures are resolved only once that COMMIT returned, so an
   answer still means "on disk"; if the batch cannot commit, every caller in it gets the
-  :class:`StorageError` and nobody is told of a row that was lost. Each job runs inside its
-  own SAVEPOINT, so a job that fails on its own (a bad value, a constraint) is rolled back
-  alone and the others still commit, as if each had had its own transaction.
+  :class:`StorageError` and nobody is told of a row that was lost. A job that fails on its
+  own (a bad value, a constraint) is rolled back alone and the others still commit, as if
+  each had had its own transaction: the batch is then written again with a SAVEPOINT per
+  job (:func:`~kms_host.storage.sqlite_queries.record_batch`).
 * Counting. A tally must not cost a scan of every live client on every request, so
   triggers keep ``activations_by_hour`` (clients per app, hour of last counted activation
   and required count) in step with ``clients``; a tally sums the whole hours in the window

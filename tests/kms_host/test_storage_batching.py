@@ -77,6 +77,9 @@ async def test_concurrent_records_share_commits(store: SqliteClientStore) -> Non
     commits = statements.count("COMMIT")
     assert commits == -(-200 // RECORD_BATCH)  # all 200 queued at once: full batches
     assert statements.count("BEGIN IMMEDIATE") == commits
+    # Nothing failed: one SAVEPOINT per batch, none per record.
+    assert statements.count("SAVEPOINT batch") == commits
+    assert statements.count("SAVEPOINT record") == 0
     assert (await store.stats()).total == 200
 
 
@@ -147,6 +150,9 @@ async def test_one_failing_record_does_not_sink_its_batch(
     tallies = [outcome for n, outcome in enumerate(outcomes) if n not in (3, 6)]
     assert sorted(t.live_clients for t in tallies if isinstance(t, AppTally)) == list(range(1, 9))
     assert statements.count("COMMIT") == 1
+    # The batch's first pass was undone and the batch written again, a SAVEPOINT per record.
+    assert statements.count("ROLLBACK TO batch") == 1
+    assert statements.count("SAVEPOINT record") == 10
     assert stored_cmids(tmp_path) == {cmid(n) for n in range(10)} - {cmid(3), cmid(6)}
     assert (await store.stats()).total == 8
 
