@@ -59,11 +59,12 @@ def _hex(value: int) -> str:
     return f"0x{value:08X}"
 
 
+_LICENSE_STATUS_NAMES = {status.value: status.name.lower() for status in LicenseStatus}
+
+
 def _license_status(value: int) -> str:
-    try:
-        return LicenseStatus(value).name.lower()
-    except ValueError:
-        return str(value)
+    """The status's name for the event (``initial_grace``), or the number if it has none."""
+    return _LICENSE_STATUS_NAMES.get(value) or str(value)
 
 
 def _client_time(filetime: int) -> str:
@@ -169,7 +170,11 @@ class ActivationService:
         )
         refusal = assessment.refusal
         probe = request.client_machine_id == PROBE_CMID
-        rule = self._scenarios.select(_subject(opened, assessment, base["peer"], probe=probe))
+        rule = (
+            self._scenarios.select(_subject(opened, assessment, base["peer"], probe=probe))
+            if self._scenarios.rules  # the usual case: no rules, nothing to match
+            else None
+        )
         if rule is not None:
             await asyncio.sleep(rule.delay_ms / 1000)
             if rule.hresult is not None:
