@@ -68,6 +68,25 @@ def _guid(raw: bytes) -> uuid.UUID:
     return uuid.UUID(bytes_le=raw)
 
 
+_PRODUCT_GUIDS: dict[bytes, uuid.UUID] = {}
+MAX_PRODUCT_GUIDS: Final = 4096
+
+
+def _product_guid(raw: bytes) -> uuid.UUID:
+    """An application, SKU or KMS ID: the same few hundred values arrive again and again.
+
+    Each is parsed once (``uuid.UUID`` costs microseconds; a dict lookup on 16 bytes, well
+    under one). UUIDs are immutable, so sharing them is safe. The cache stops growing at
+    :data:`MAX_PRODUCT_GUIDS`, since a client chooses these bytes.
+    """
+    known = _PRODUCT_GUIDS.get(raw)
+    if known is None:
+        known = uuid.UUID(bytes_le=raw)
+        if len(_PRODUCT_GUIDS) < MAX_PRODUCT_GUIDS:
+            _PRODUCT_GUIDS[raw] = known
+    return known
+
+
 def _sized(value: bytes | None, size: int, what: str) -> bytes:
     if not isinstance(value, bytes | bytearray) or len(value) != size:
         raise KmsMalformed(f"cannot build {what}: a field must be {size} bytes")
@@ -94,9 +113,9 @@ def parse_request(data: bytes) -> KmsRequest:
         is_client_vm=is_vm,
         license_status=status,
         grace_time_min=grace,
-        application_id=_guid(app),
-        sku_id=_guid(sku),
-        kms_counted_id=_guid(kms),
+        application_id=_product_guid(app),
+        sku_id=_product_guid(sku),
+        kms_counted_id=_product_guid(kms),
         client_machine_id=_guid(cmid),
         required_client_count=required,
         request_time=when,

@@ -6,6 +6,7 @@ vector, generated messages, arbitrary and truncated bytes, and out-of-range valu
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -142,3 +143,15 @@ def test_bad_envelopes_fail_in_both(major: int, iv: bytes) -> None:
 @pytest.mark.parametrize(("base", "mac"), [(bytes(235), bytes(16)), (bytes(236), bytes(17))])
 def test_bad_v4_parts_fail_in_both(base: bytes, mac: bytes) -> None:
     same("build_v4_request", base, mac)
+
+
+def test_product_guid_cache_stays_bounded_and_correct() -> None:
+    base = bytearray(codec.build_request(spec_request(ProtocolVersion.V6)))
+    offsets = {"application_id": 16, "sku_id": 32, "kms_counted_id": 48}  # spec 4.2
+    for n in range(_fastcodec.MAX_PRODUCT_GUIDS + 50):
+        ids = {field: uuid.UUID(int=(n << 8) | i) for i, field in enumerate(offsets)}
+        for field, offset in offsets.items():
+            base[offset : offset + 16] = ids[field].bytes_le
+        parsed = _fastcodec.parse_request(bytes(base))
+        assert {field: getattr(parsed, field) for field in offsets} == ids
+    assert len(_fastcodec._PRODUCT_GUIDS) <= _fastcodec.MAX_PRODUCT_GUIDS
