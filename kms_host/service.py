@@ -14,6 +14,7 @@ any application's count yields one ``counts`` event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -24,6 +25,7 @@ from typing import Any
 import structlog
 
 from kms_host.activation import Assessment, Refusal, assess, reported_count
+from kms_host.batching import LoopBatcher
 from kms_host.catalog import Catalog
 from kms_host.clock import Clock
 from kms_host.config import Config
@@ -31,7 +33,6 @@ from kms_host.errors import StorageError
 from kms_host.identity import HostIdentity
 from kms_host.observe import ActivationOutcome, HostObserver, NullObserver
 from kms_host.scenario import ScenarioBook, ScenarioRule, Subject, corrupt, log_fields
-from kms_host.sealer import ResponseSealer
 from kms_host.session import KmsReply
 from kms_host.storage import AppTally, ClientStore, Sighting
 from protocol.errors import NCA_S_FAULT_UNSPEC, KmsError
@@ -41,8 +42,9 @@ from protocol.kms import (
     OpenedRequest,
     datetime_to_filetime,
     filetime_to_datetime,
-    open_request,
+    open_requests,
     peek_version,
+    seal_responses,
 )
 from protocol.rpc import CallReceived
 
@@ -96,7 +98,13 @@ class ActivationService:
         self._identity = identity
         self._store = store
         self._clock = clock
-        self._sealer = ResponseSealer(hwid=identity.hwid, rng=rng)
+        # Requests read and replies ready in one loop turn share the cipher's work (issue 7).
+        self._opener = LoopBatcher[bytes, OpenedRequest](
+            functools.partial(open_requests, verify_v4_mac=config.policy.verify_v4_mac)
+        )
+        self._sealer = LoopBatcher[tuple[OpenedRequest, KmsResponse], bytes](
+            functools.partial(seal_responses, hwid=identity.hwid, rng=rng)
+        )
         self._observer: HostObserver = observer or NullObserver()
         self._scenarios = scenarios or ScenarioBook()
         self._window = timedelta(days=config.counting.window_days)
@@ -135,7 +143,7 @@ class ActivationService:
         started = time.perf_counter()
         base: dict[str, Any] = {"call_id": call.call_id, "ndr": call.syntax.value, "peer": peer}
         try:
-            opened = open_request(call.kms_message, verify_v4_mac=self._config.policy.verify_v4_mac)
+            opened = await self._opener.run(call.kms_message)
         except KmsError as exc:
             try:
                 await self._store.count_unreadable()
@@ -244,7 +252,7 @@ class ActivationService:
             activation_interval_min=self._config.host.activation_interval_min,
             renewal_interval_min=self._config.host.renewal_interval_min,
         )
-        message = await self._sealer.seal(opened, response)
+        message = await self._sealer.run((opened, response))
         if rule is not None and rule.corrupt:
             message = corrupt(message, request.version, epid)
         self._finish(

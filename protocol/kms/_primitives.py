@@ -138,6 +138,26 @@ class _RijndaelCbc:
         chain = int.from_bytes(iv + ciphertext[:-BLOCK_SIZE])
         return (decrypted ^ chain).to_bytes(width.nbytes)
 
+    def cbc_decrypt_many(self, messages: Sequence[bytes]) -> list[bytes]:
+        """``cbc_decrypt(ZERO_BLOCK, message)`` of each message, all blocks in one wide step.
+
+        The form the request openers use (spec 5.4 view B: ``IVc || C`` under a zero IV).
+        """
+        if any(not m or len(m) % BLOCK_SIZE for m in messages):
+            raise ValueError("CBC needs whole 16-byte blocks in every message")
+        blocks = sum(len(m) for m in messages) // BLOCK_SIZE
+        if blocks < _WIDE_FROM or len(messages) < 2:
+            return [self.cbc_decrypt(ZERO_BLOCK, m) for m in messages]
+        width = self._wide.width(blocks)
+        decrypted = self._wide.decrypt_int(int.from_bytes(b"".join(messages)), width)
+        chain = int.from_bytes(b"".join([ZERO_BLOCK + m[:-BLOCK_SIZE] for m in messages]))
+        plain = (decrypted ^ chain).to_bytes(width.nbytes)
+        out, offset = [], 0
+        for m in messages:
+            out.append(plain[offset : offset + len(m)])
+            offset += len(m)
+        return out
+
     def decrypt_blocks(self, blocks: bytes) -> bytes:
         """D_K of each 16-byte block, independently (the V6 Ds values of a batch)."""
         if len(blocks) < _WIDE_FROM * BLOCK_SIZE:

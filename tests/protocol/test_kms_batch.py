@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kms_vectors import CapturedCall, captured_calls, fixed_rng
 
-from protocol.kms import ProtocolVersion, _primitives, open_request, seal_responses
+from protocol.errors import KmsIntegrityError, KmsMalformed, UnsupportedVersion
+from protocol.kms import ProtocolVersion, _primitives, open_request, open_requests, seal_responses
 from protocol.kms.rijndael import Rijndael
 
 V6_CHAIN = Rijndael(
@@ -27,6 +28,19 @@ SIZES = [1, 2, 3, 16, 31, 32, 33, 40]
 def test_cbc_decrypt_matches_the_block_chain(blocks: int) -> None:
     iv, data = bytes(range(16)), bytes(i * 7 % 256 for i in range(16 * blocks))
     assert _primitives.V6_CIPHER.cbc_decrypt(iv, data) == V6_CHAIN.cbc_decrypt(iv, data)
+
+
+@pytest.mark.parametrize("counts", [[1], [16], [16, 16], [3, 1, 2], [16] * 3, [1] * 40])
+def test_cbc_decrypt_many_matches_the_block_chain(counts: list[int]) -> None:
+    messages = [bytes((n * 31 + i) % 256 for i in range(16 * c)) for n, c in enumerate(counts)]
+    expected = [V6_CHAIN.cbc_decrypt(bytes(16), m) for m in messages]
+    assert _primitives.V6_CIPHER.cbc_decrypt_many(messages) == expected
+
+
+@pytest.mark.parametrize("messages", [[bytes(17)], [bytes(16), b""], [bytes(32), bytes(8)]])
+def test_cbc_decrypt_many_rejects_partial_blocks(messages: list[bytes]) -> None:
+    with pytest.raises(ValueError, match="whole 16-byte blocks"):
+        _primitives.V6_CIPHER.cbc_decrypt_many(messages)
 
 
 @given(data=st.integers(1, 40).flatmap(lambda n: st.binary(min_size=16 * n, max_size=16 * n)))
@@ -120,3 +134,46 @@ def test_batch_checks_the_hwid_first() -> None:
     reply = (open_request(call.request_message), call.expected_response())
     with pytest.raises(ValueError, match="HwId must be 8 bytes"):
         seal_responses([reply], hwid=bytes(7), rng=fixed_rng())
+
+
+def test_one_batch_opens_every_captured_request() -> None:
+    calls = captured_calls()
+    opened = open_requests([call.request_message for call in calls])
+    for call, result in zip(calls, opened, strict=True):
+        assert not isinstance(result, Exception), call.id
+        assert result.request == call.expected_request()
+        assert result.version == call.version
+        if call.version != ProtocolVersion.V4:
+            assert result.request_iv == bytes.fromhex(call.request_kms["request_iv"])
+
+
+def test_errors_stay_with_their_own_message() -> None:
+    v6 = [c.request_message for c in captured_calls() if c.version == ProtocolVersion.V6][:4]
+    bad_padding = v6[0][:-1] + bytes([v6[0][-1] ^ 1])
+    messages = [
+        v6[1],
+        bad_padding,
+        b"\x00\x00\x07\x00" + v6[2][4:],  # version 7.0
+        v6[2][:200],  # shorter than 260 bytes
+        b"\x00\x00\x05\x00" + v6[3][4:],  # V6 ciphertext under a V5 header
+        v6[3],
+    ]
+    results = open_requests(messages)
+    assert results[0] == open_request(v6[1])
+    assert isinstance(results[1], KmsIntegrityError)
+    assert isinstance(results[2], UnsupportedVersion)
+    assert isinstance(results[3], KmsMalformed)
+    assert isinstance(results[4], KmsIntegrityError | KmsMalformed)
+    assert results[5] == open_request(v6[3])
+
+
+def test_open_request_raises_what_the_batch_returns() -> None:
+    message = next(c for c in captured_calls() if c.version == ProtocolVersion.V6).request_message
+    broken = message[:-1] + bytes([message[-1] ^ 1])
+    (result,) = open_requests([broken])
+    with pytest.raises(KmsIntegrityError, match=str(result)):
+        open_request(broken)
+
+
+def test_empty_open_batch() -> None:
+    assert open_requests([]) == []

@@ -1,19 +1,23 @@
-"""The response sealer: replies queued in one loop iteration are sealed together, correctly.
+"""The loop batcher, with the host's two real works: opening requests and sealing replies.
 
 Each reply is checked by the client side of the protocol (``open_response``, every check of
-spec 5.7), not against bytes the sealer built. Whether they went through one batch shows in
-the draws: all of them happen before the first caller resumes.
+spec 5.7), not against bytes the batch built; each opened request against what the client
+sent. Whether items went through one batch shows in when the work ran: before the first
+caller resumed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import uuid
+from collections.abc import Callable
 
 import pytest
 
-from kms_host.sealer import ResponseSealer
+from kms_host.batching import LoopBatcher
+from protocol.errors import KmsError
 from protocol.kms import (
     KmsRequest,
     KmsResponse,
@@ -22,12 +26,20 @@ from protocol.kms import (
     ProtocolVersion,
     build_request,
     open_request,
+    open_requests,
     open_response,
+    seal_responses,
 )
 
 pytestmark = pytest.mark.asyncio
 
 HWID = bytes.fromhex("3a1c049600b60076")
+Reply = tuple[OpenedRequest, KmsResponse]
+
+
+def sealer(rng: Callable[[int], bytes]) -> LoopBatcher[Reply, bytes]:
+    """The batcher the host seals with (kms_host.service)."""
+    return LoopBatcher[Reply, bytes](functools.partial(seal_responses, hwid=HWID, rng=rng))
 
 
 def exchange(version: ProtocolVersion, n: int) -> tuple[PendingRequest, OpenedRequest, KmsResponse]:
@@ -73,12 +85,12 @@ class Draws:
 
 async def test_replies_of_one_iteration_are_sealed_together_and_verify() -> None:
     draws = Draws()
-    sealer = ResponseSealer(hwid=HWID, rng=draws)
+    batch = sealer(draws)
     versions = [ProtocolVersion.V6] * 40 + [ProtocolVersion.V5] * 3 + [ProtocolVersion.V4] * 2
     exchanges = [exchange(version, n) for n, version in enumerate(versions)]
 
     async def caller(opened: OpenedRequest, response: KmsResponse) -> bytes:
-        message = await sealer.seal(opened, response)
+        message = await batch.run((opened, response))
         draws.resumed += 1
         return message
 
@@ -93,17 +105,17 @@ async def test_replies_of_one_iteration_are_sealed_together_and_verify() -> None
 
 
 async def test_later_replies_make_a_new_batch() -> None:
-    sealer = ResponseSealer(hwid=HWID, rng=os.urandom)
+    batch = sealer(os.urandom)
     for n in range(3):
         pending, opened, response = exchange(ProtocolVersion.V6, n)
-        assert open_response(await sealer.seal(opened, response), pending).response == response
+        assert open_response(await batch.run((opened, response)), pending).response == response
 
 
 async def test_a_cancelled_caller_is_left_out() -> None:
     draws = Draws()
-    sealer = ResponseSealer(hwid=HWID, rng=draws)
+    batch = sealer(draws)
     exchanges = [exchange(ProtocolVersion.V6, n) for n in range(3)]
-    tasks = [asyncio.create_task(sealer.seal(o, r)) for _, o, r in exchanges]
+    tasks = [asyncio.create_task(batch.run((o, r))) for _, o, r in exchanges]
     await asyncio.sleep(0)  # all three are queued; the flush is scheduled after them
     tasks[1].cancel()
     done = await asyncio.gather(*tasks, return_exceptions=True)
@@ -120,10 +132,31 @@ def short_rng(size: int) -> bytes:
 
 
 async def test_an_error_reaches_every_waiting_caller() -> None:
-    sealer = ResponseSealer(hwid=HWID, rng=short_rng)
+    batch = sealer(short_rng)
     exchanges = [exchange(ProtocolVersion.V6, n) for n in range(2)]
     results = await asyncio.gather(
-        *(sealer.seal(o, r) for _, o, r in exchanges), return_exceptions=True
+        *(batch.run((o, r)) for _, o, r in exchanges), return_exceptions=True
     )
     assert all(isinstance(result, ValueError) for result in results)
     assert "rng returned 15 bytes" in str(results[0])
+
+
+async def test_requests_of_one_iteration_are_opened_together() -> None:
+    batches: list[int] = []
+
+    def work(messages: list[bytes]) -> list[OpenedRequest | KmsError]:
+        batches.append(len(messages))
+        return open_requests(messages)
+
+    opener = LoopBatcher[bytes, OpenedRequest](work)
+    exchanges = [exchange(ProtocolVersion.V6, n) for n in range(20)]
+    exchanges += [exchange(ProtocolVersion.V5, 20), exchange(ProtocolVersion.V4, 21)]
+    broken = exchanges[3][0].wire[:-1] + bytes([exchanges[3][0].wire[-1] ^ 1])
+    messages = [pending.wire for pending, _, _ in exchanges] + [broken]
+    results = await asyncio.gather(*(opener.run(m) for m in messages), return_exceptions=True)
+    assert batches == [len(messages)]
+    for (pending, _, _), result in zip(exchanges, results, strict=False):
+        assert isinstance(result, OpenedRequest)
+        assert result.request == pending.request
+        assert result == open_request(pending.wire)
+    assert isinstance(results[-1], KmsError)  # its own error, nobody else's
