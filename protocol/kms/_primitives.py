@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from protocol.kms import _fastcodec, codec, rijndael
 from protocol.kms.messages import ProtocolVersion
 from protocol.kms.rijndael import Rijndael
-from protocol.kms.rijndael_wide import WideRijndael
+from protocol.kms.rijndael_wide import MAX_WIDTH, WideRijndael
 
 __all__ = [
     "BLOCK_SIZE",
@@ -129,29 +129,23 @@ class _RijndaelCbc:
         return self._cipher.cbc_encrypt(iv, plaintext)
 
     def cbc_decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
-        """P_i = D_K(C_i) xor C_(i-1) (spec 5.4): all blocks in one wide step, one XOR to chain."""
+        """P_i = D_K(C_i) xor C_(i-1) (spec 5.4): the blocks decrypted wide, one XOR to chain."""
         blocks, rest = divmod(len(ciphertext), BLOCK_SIZE)
         if blocks < _WIDE_FROM or rest or len(iv) != BLOCK_SIZE:
             return self._cipher.cbc_decrypt(iv, ciphertext)
-        width = self._wide.width(blocks)
-        decrypted = self._wide.decrypt_int(int.from_bytes(ciphertext), width)
-        chain = int.from_bytes(iv + ciphertext[:-BLOCK_SIZE])
-        return (decrypted ^ chain).to_bytes(width.nbytes)
+        return xor_blocks(self._wide.decrypt_blocks(ciphertext), iv + ciphertext[:-BLOCK_SIZE])
 
     def cbc_decrypt_many(self, messages: Sequence[bytes]) -> list[bytes]:
-        """``cbc_decrypt(ZERO_BLOCK, message)`` of each message, all blocks in one wide step.
+        """``cbc_decrypt(ZERO_BLOCK, message)`` of each message, their blocks decrypted together.
 
         The form the request openers use (spec 5.4 view B: ``IVc || C`` under a zero IV).
         """
         if any(not m or len(m) % BLOCK_SIZE for m in messages):
             raise ValueError("CBC needs whole 16-byte blocks in every message")
-        blocks = sum(len(m) for m in messages) // BLOCK_SIZE
-        if blocks < _WIDE_FROM or len(messages) < 2:
+        if sum(len(m) for m in messages) < _WIDE_FROM * BLOCK_SIZE or len(messages) < 2:
             return [self.cbc_decrypt(ZERO_BLOCK, m) for m in messages]
-        width = self._wide.width(blocks)
-        decrypted = self._wide.decrypt_int(int.from_bytes(b"".join(messages)), width)
-        chain = int.from_bytes(b"".join([ZERO_BLOCK + m[:-BLOCK_SIZE] for m in messages]))
-        plain = (decrypted ^ chain).to_bytes(width.nbytes)
+        chain = b"".join([ZERO_BLOCK + m[:-BLOCK_SIZE] for m in messages])
+        plain = xor_blocks(self._wide.decrypt_blocks(b"".join(messages)), chain)
         out, offset = [], 0
         for m in messages:
             out.append(plain[offset : offset + len(m)])
@@ -171,7 +165,8 @@ class _RijndaelCbc:
         """CBC-encrypt messages of one length side by side: block i of all of them per step.
 
         Each result is ``cbc_encrypt(iv, plaintext)`` of its pair; CBC encryption cannot
-        run one message's blocks together, but it can run many messages' (issue 7).
+        run one message's blocks together, but it can run many messages' (issue 7), up to
+        :data:`MAX_WIDTH` per wide step.
         """
         size = len(plaintexts[0]) if plaintexts else 0
         if len(ivs) != len(plaintexts) or any(len(p) != size for p in plaintexts):
@@ -179,11 +174,19 @@ class _RijndaelCbc:
         if len(plaintexts) < _WIDE_FROM:
             return [self._cipher.cbc_encrypt(iv, p) for iv, p in zip(ivs, plaintexts, strict=True)]
         _check_whole_blocks(ivs, size)
+        out: list[bytes] = []
+        for start in range(0, len(plaintexts), MAX_WIDTH):
+            out += self._side_by_side(
+                ivs[start : start + MAX_WIDTH], plaintexts[start : start + MAX_WIDTH]
+            )
+        return out
+
+    def _side_by_side(self, ivs: Sequence[bytes], plaintexts: Sequence[bytes]) -> list[bytes]:
         width = self._wide.width(len(plaintexts))
         encrypt, nbytes = self._wide.encrypt_int, width.nbytes
         chain = int.from_bytes(b"".join(ivs))
         steps: list[bytes] = []
-        for offset in range(0, size, BLOCK_SIZE):
+        for offset in range(0, len(plaintexts[0]), BLOCK_SIZE):
             block = int.from_bytes(b"".join([p[offset : offset + BLOCK_SIZE] for p in plaintexts]))
             chain = encrypt(block ^ chain, width)
             steps.append(chain.to_bytes(nbytes))
@@ -257,8 +260,8 @@ def seal_v6_envelopes(ivs: Sequence[bytes], payloads: Sequence[bytes]) -> list[b
 
 
 def xor_blocks(left: bytes, right: bytes) -> bytes:
-    """Bytewise XOR of two 16-byte values."""
-    return (int.from_bytes(left) ^ int.from_bytes(right)).to_bytes(BLOCK_SIZE)
+    """Bytewise XOR of two equal-length values (blocks or whole messages), as one integer XOR."""
+    return (int.from_bytes(left) ^ int.from_bytes(right)).to_bytes(len(left))
 
 
 def _check_whole_blocks(ivs: Sequence[bytes], size: int) -> None:

@@ -21,7 +21,7 @@ from protocol.kms.rijndael import Rijndael
 V6_CHAIN = Rijndael(
     bytes.fromhex("A94A4195E201432D9BCB460405D84A21"), tweaks={4: 0x73, 6: 0x09, 8: 0xE4}
 )
-SIZES = [1, 2, 3, 16, 31, 32, 33, 40]
+SIZES = [1, 2, 3, 16, 31, 32, 33, 40, 64, 65, 130]
 
 
 @pytest.mark.parametrize("blocks", SIZES)
@@ -30,7 +30,9 @@ def test_cbc_decrypt_matches_the_block_chain(blocks: int) -> None:
     assert _primitives.V6_CIPHER.cbc_decrypt(iv, data) == V6_CHAIN.cbc_decrypt(iv, data)
 
 
-@pytest.mark.parametrize("counts", [[1], [16], [16, 16], [3, 1, 2], [16] * 3, [1] * 40])
+@pytest.mark.parametrize(
+    "counts", [[1], [16], [16, 16], [3, 1, 2], [16] * 3, [1] * 40, [16] * 9, [70, 3]]
+)
 def test_cbc_decrypt_many_matches_the_block_chain(counts: list[int]) -> None:
     messages = [bytes((n * 31 + i) % 256 for i in range(16 * c)) for n, c in enumerate(counts)]
     expected = [V6_CHAIN.cbc_decrypt(bytes(16), m) for m in messages]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from kms_vectors import h, spec_vectors
 
 from protocol.kms.rijndael import Rijndael
-from protocol.kms.rijndael_wide import WideRijndael
+from protocol.kms.rijndael_wide import MAX_WIDTH, WideRijndael
 
 KEYS = spec_vectors()["keys"]
 V6_TWEAKS = {int(r): int(value, 16) for r, value in KEYS["v6_round_key_tweaks"].items()}
@@ -105,6 +105,16 @@ def test_rejects_bad_round_keys(round_keys: tuple[bytes, ...]) -> None:
         WideRijndael(round_keys)
 
 
-def test_rejects_an_empty_width() -> None:
-    with pytest.raises(ValueError, match="at least one block"):
-        wide(bytes(16)).width(0)
+@pytest.mark.parametrize("blocks", [0, MAX_WIDTH + 1])
+def test_rejects_widths_out_of_range(blocks: int) -> None:
+    with pytest.raises(ValueError, match=f"1 to {MAX_WIDTH} blocks"):
+        wide(bytes(16)).width(blocks)
+
+
+def test_long_inputs_go_in_bounded_steps() -> None:
+    cipher = wide(h(KEYS["k6"]), V6_TWEAKS)
+    plain, expected = h(BLOCKS["plaintext"]), h(BLOCKS["v6_k6_encrypt"])
+    count = 3 * MAX_WIDTH + 5
+    assert cipher.encrypt_blocks(plain * count) == expected * count
+    assert cipher.decrypt_blocks(expected * count) == plain * count
+    assert max(cipher._widths) <= MAX_WIDTH  # what the host's memory bound rests on
