@@ -4,9 +4,12 @@ Spec 5.1 gives the keys, 5.2 the three cipher variants, 5.3 the V4 MAC, 5.4 the 
 and 5.6 the V6 HMAC. V5 is standard AES-128 and goes through ``cryptography``; V4
 (Rijndael-160) and V6 (AES-128 with tweaked round keys) go through
 :mod:`protocol.kms.rijndael`, which also runs their CBC chains (a whole message per call,
-so that no per-block call or ``bytes`` object is made). The cipher instances are built once,
-at import: the keys are protocol constants. Messages are framed with the ``struct`` twin of
-the codec (:mod:`protocol.kms._fastcodec`), which its tests hold to the ``construct`` one.
+so that no per-block call or ``bytes`` object is made), and, where blocks do not depend on
+each other (CBC decryption; the same block of several messages), through
+:mod:`protocol.kms.rijndael_wide`, which runs a round of many blocks at once. The cipher
+instances are built once, at import: the keys are protocol constants. Messages are framed
+with the ``struct`` twin of the codec (:mod:`protocol.kms._fastcodec`), which its tests
+hold to the ``construct`` one.
 
 Both ciphers offer the operations the protocol needs. ``decrypt_block`` gives the "decrypted
 IV" values Dc and Ds of spec 5.4; CBC with an all-zero IV over ``IV || ciphertext`` (spec 5.4
