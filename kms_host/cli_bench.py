@@ -230,21 +230,36 @@ def _report(
 
 
 def _ratio(host: bench.LevelResult, null: bench.LevelResult) -> dict[str, Any]:
-    """kms-host's rate over the null server's, measured and projected to a full core.
+    """kms-host's rate over the null server's, measured, projected and read from CPU time.
 
     The projection divides the null rate by the null server's CPU share: when the load
     generator, not the null server, was the limit, it estimates what the null server could
-    take (assuming its cost per activation stays flat).
+    take (assuming its cost per activation stays flat). ``fraction_by_cpu`` is the load
+    generator's CPU per activation against the null server over kms-host's CPU per
+    activation: when each was the limit on its own core, the measured fraction tends to it,
+    and CPU time per activation moves less than rates when the machine's speed drifts
+    (docs/performance.md). It needs ``--server-pid``.
     """
     null_cpu = null.server_cpu_s
     projected = null.rate / (null_cpu / null.elapsed_s) if null_cpu and null.elapsed_s else None
+    host_cpu = _cpu_us_per_activation(host.server_cpu_s, host.ok)
+    generator_cpu = _cpu_us_per_activation(null.client_cpu_s, null.ok)
     return {
         "mode": host.mode,
         "concurrency": host.concurrency,
         "fraction_of_null": round(host.rate / null.rate, 3) if null.rate else None,
         "null_projected_per_s": round(projected, 1) if projected else None,
         "fraction_of_null_projected": round(host.rate / projected, 3) if projected else None,
+        "host_cpu_us_per_activation": host_cpu,
+        "generator_cpu_us_per_activation": generator_cpu,
+        "fraction_by_cpu": (
+            round(generator_cpu / host_cpu, 3) if host_cpu and generator_cpu else None
+        ),
     }
+
+
+def _cpu_us_per_activation(cpu_s: float | None, activations: int) -> float | None:
+    return round(cpu_s / activations * 1e6, 1) if cpu_s and activations else None
 
 
 def _print_report(report: dict[str, Any], out: TextIO) -> None:
@@ -272,6 +287,15 @@ def _print_report(report: dict[str, Any], out: TextIO) -> None:
     for ratio in report["ratios"]:
         fraction, projected = ratio["fraction_of_null"], ratio["fraction_of_null_projected"]
         shown = f"{fraction:.1%}" if fraction is not None else "n/a"
+        if ratio["fraction_by_cpu"] is not None:
+            generator, host = (
+                ratio["generator_cpu_us_per_activation"],
+                ratio["host_cpu_us_per_activation"],
+            )
+            shown += (
+                f" (by CPU per activation: generator {generator:,.0f} us / host {host:,.0f} us"
+                f" = {ratio['fraction_by_cpu']:.1%})"
+            )
         if projected is not None:
             shown += f" (of the null server's projected {ratio['null_projected_per_s']:,.0f}/s: "
             shown += f"{projected:.1%})"

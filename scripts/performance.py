@@ -144,9 +144,10 @@ def _share(value: float | None) -> str:
 def table(report: dict[str, Any]) -> str:
     rows = [
         "| mode | clients | kms-host act/s | null act/s | fraction | null projected act/s "
-        "| fraction of projected | kms-host p50 / p99 ms | CPU: host, gen / null, gen |"
+        "| fraction of projected | kms-host p50 / p99 ms | CPU: host, gen / null, gen "
+        "| CPU µs/act: host / gen vs null | fraction by CPU |"
     ]
-    rows.append("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    rows.append("|---|---:|---:|---:|---:|---:|---:|---|---|---|---:|")
     levels = {(lv["target"], lv["mode"], lv["concurrency"]): lv for lv in report["levels"]}
     for ratio in report["ratios"]:
         key = (ratio["mode"], ratio["concurrency"])
@@ -159,9 +160,16 @@ def table(report: dict[str, Any]) -> str:
             f"{_percent(ratio['fraction_of_null_projected'])} | "
             f"{host['latency_ms']['p50']:.1f} / {host['latency_ms']['p99']:.1f} | "
             f"{_share(host['server_cpu_share'])}, {_share(host['client_cpu_share'])} / "
-            f"{_share(null['server_cpu_share'])}, {_share(null['client_cpu_share'])} |"
+            f"{_share(null['server_cpu_share'])}, {_share(null['client_cpu_share'])} | "
+            f"{_micros(ratio.get('host_cpu_us_per_activation'))} / "
+            f"{_micros(ratio.get('generator_cpu_us_per_activation'))} | "
+            f"{_percent(ratio.get('fraction_by_cpu'))} |"
         )
     return "\n".join(rows)
+
+
+def _micros(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _percent(value: float | None) -> str:

@@ -167,7 +167,16 @@ async def test_cli_json_report_with_the_null_ceiling(
             "fraction_of_null",
             "null_projected_per_s",
             "fraction_of_null_projected",
+            "host_cpu_us_per_activation",
+            "generator_cpu_us_per_activation",
+            "fraction_by_cpu",
         }
+        host_cpu, generator_cpu = (
+            ratio["host_cpu_us_per_activation"],
+            ratio["generator_cpu_us_per_activation"],
+        )
+        if host_cpu and generator_cpu:  # both in this process here: only their arithmetic
+            assert ratio["fraction_by_cpu"] == pytest.approx(generator_cpu / host_cpu, abs=1e-3)
 
 
 def test_slices_of_a_level_merge_into_one_result() -> None:
