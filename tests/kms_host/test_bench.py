@@ -175,8 +175,12 @@ async def test_cli_json_report_with_the_null_ceiling(
             ratio["host_cpu_us_per_activation"],
             ratio["generator_cpu_us_per_activation"],
         )
-        if host_cpu and generator_cpu:  # both in this process here: only their arithmetic
+        # Both sides are this process here, and 4 calls may take under one CPU tick: only
+        # the arithmetic, and None when a side has no CPU time to divide.
+        if host_cpu and generator_cpu:
             assert ratio["fraction_by_cpu"] == pytest.approx(generator_cpu / host_cpu, abs=1e-3)
+        else:
+            assert ratio["fraction_by_cpu"] is None
 
 
 def test_slices_of_a_level_merge_into_one_result() -> None:
