@@ -73,14 +73,14 @@ def _inv_mix_columns(value: int) -> int:
 
 # Per-block masks. Row r of every column: byte indexes 4c + r.
 _ROWS: Final = tuple(_byte_mask({4 * c + r for c in range(4)}) for r in range(4))
-# Rotation by k bytes inside every column word, bringing row r + k to row r: the rows that
-# move up (shifted left 8k bits) and the ones that wrap around (shifted right 32 - 8k).
+# Rotation by k = 1, 2, 3 bytes inside every column word, bringing row r + k to row r: the
+# rows that move up (shifted left 8k bits) and the ones that wrap around (right 32 - 8k).
 _ROTATE: Final = tuple(
     (
         _byte_mask({4 * c + r for c in range(4) for r in range(4 - k)}),
         _byte_mask({4 * c + r for c in range(4) for r in range(4 - k, 4)}),
     )
-    for k in range(4)
+    for k in range(1, 4)
 )
 # ShiftRows takes row r of column c from column c + r (mod 4); InvShiftRows from c - r. In
 # each, the destination columns are split by whether the source lies to the right (a left
@@ -115,9 +115,7 @@ class _Width:
     def __init__(self, blocks: int, enc_keys: Sequence[int], dec_keys: Sequence[int]) -> None:
         self.nbytes = BLOCK_SIZE * blocks
         self.row0 = _repeat(_ROWS[0], blocks)
-        self.rotate = tuple(
-            (_repeat(up, blocks), _repeat(wrap, blocks)) for up, wrap in _ROTATE[1:]
-        )
+        self.rotate = tuple((_repeat(up, blocks), _repeat(wrap, blocks)) for up, wrap in _ROTATE)
         self.shift = tuple(
             (
                 _repeat(_ROWS[r], blocks),
