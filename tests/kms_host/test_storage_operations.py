@@ -20,7 +20,7 @@ import pytest_asyncio
 from sightings import windows_sighting
 
 from kms_host.storage import DATABASE_FILE, AppTally, ClientStore, open_store
-from kms_host.storage.sqlite_schema import v1_initial
+from kms_host.storage.sqlite_schema import v1_initial, v2_synthetic
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TEMPLATE = windows_sighting(
@@ -144,3 +144,35 @@ async def test_a_version_1_table_gains_the_synthetic_column(tmp_path: Path) -> N
     finally:
         await store.close()
     assert (row.machine_name, row.synthetic) == ("old", False)
+
+
+@pytest.mark.asyncio
+async def test_version_3_drops_the_cmid_index_and_forget_still_finds_every_app(
+    tmp_path: Path,
+) -> None:
+    cmid = uuid.uuid4()
+    with sqlite3.connect(tmp_path / DATABASE_FILE, isolation_level=None) as conn:
+        v1_initial(conn)
+        v2_synthetic(conn)
+        conn.execute("PRAGMA user_version = 2")
+        for app in ("windows", "office2013"):
+            conn.execute(
+                "INSERT INTO clients VALUES (?, ?, 'old', ?, ?, 1, 0, 25, '6.0', 'p', 0,"
+                " 0, 0, 0, 25, 1, 0)",
+                (app, str(cmid), str(TEMPLATE.sku_id), str(TEMPLATE.kms_id)),
+            )
+    conn.close()
+    store = await open_store(tmp_path)
+    try:
+        assert await store.forget(cmid) == 2
+        assert await store.clients() == []
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / DATABASE_FILE) as conn:
+        indexes = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    conn.close()
+    assert "clients_by_cmid" not in indexes
+    assert {"clients_counting", "clients_by_last_seen"} <= indexes
