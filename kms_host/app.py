@@ -303,7 +303,11 @@ async def serve(
     catalog = load_catalog()
     scope = check_catalog_settings(config, catalog)
     async with contextlib.AsyncExitStack() as stack:
-        store = await open_store(config.storage.data_dir, synchronous=config.storage.synchronous)
+        store = await open_store(
+            config.storage.data_dir,
+            synchronous=config.storage.synchronous,
+            commit_delay_s=config.storage.commit_delay_ms / 1000,
+        )
         stack.push_async_callback(store.close)
         metrics = await stack.enter_async_context(
             serve_metrics(config.metrics.listen, catalog=catalog, store=store)

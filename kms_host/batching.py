@@ -12,15 +12,47 @@ Each caller waits on a future; the first one of an iteration schedules the flush
 callers woken by the same event have queued their items by then. A lone item waits one
 loop turn and is handled as before. Durability is untouched: the host seals a reply only
 after its record has committed.
+
+:func:`wait_while_busy` is the longer form for the grouped commits: it lets a batch keep
+filling over several loop turns, but only while the loop has other work to do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
-__all__ = ["LoopBatcher"]
+__all__ = ["IDLE_TURN_S", "LoopBatcher", "wait_while_busy"]
+
+IDLE_TURN_S: Final = 50e-6
+"""A loop turn shorter than this ran nothing but the waiter's own wake-up. Measured on the
+test machine: 2 µs on uvloop, 5 µs on asyncio's loop, 12 µs under coverage; a turn that
+reads or accepts anything takes tens of microseconds at least. A turn misjudged as busy (the
+process was preempted) costs one more turn; one misjudged as idle ends the wait early."""
+
+
+async def wait_while_busy(max_wait_s: float, enough: Callable[[], bool]) -> None:
+    """Yield loop turns while each one does other work, for at most ``max_wait_s``.
+
+    Returns at once when ``enough()``, after the first turn that found nothing else to do,
+    or when ``max_wait_s`` have passed. So a wait never leaves the CPU idle: on a quiet host
+    it costs one turn, and on a saturated one, where every turn reads, accepts or answers
+    something, it lets work accumulate for a batch (the grouped commits of
+    :mod:`kms_host.storage.sqlite`, ``[storage] commit_delay_ms``; issue 7).
+    """
+    if max_wait_s <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait_s
+    clock = time.perf_counter
+    while not enough():
+        started = clock()
+        await asyncio.sleep(0)
+        if clock() - started < IDLE_TURN_S or loop.time() >= deadline:
+            return
+
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")

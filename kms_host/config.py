@@ -253,6 +253,11 @@ class StorageConfig:
     synchronous: str = _option("full", _one_of("full", "normal"))
     """SQLite durability: "full" survives power loss, "normal" only process crashes.
     Default "full"."""
+    commit_delay_ms: float = _option(5.0, number(0, 100))
+    """Longest wait, in milliseconds, for more activations to join a grouped commit while
+    the host is busy with other requests; it never waits while the host is idle, and every
+    answer still waits for its own commit. Larger commits cost less CPU per activation
+    under load. 0 turns it off. Default 5."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,7 @@ async def _work(config: Config, channel: socket.socket) -> None:
                 config.storage.data_dir,
                 synchronous=config.storage.synchronous,
                 changes_interval_s=COUNTS_RELOAD_INTERVAL_S,
+                commit_delay_s=config.storage.commit_delay_ms / 1000,
             )
             stack.push_async_callback(store.close)
             _, bound = await start_activation(

@@ -182,17 +182,27 @@ class ClientStore(Protocol):
 
 
 async def open_store(
-    data_dir: Path, *, synchronous: str = "full", changes_interval_s: float = 0.0
+    data_dir: Path,
+    *,
+    synchronous: str = "full",
+    changes_interval_s: float = 0.0,
+    commit_delay_s: float = 0.0,
 ) -> ClientStore:
     """Open (creating if needed) the client table in ``data_dir``.
 
     ``synchronous`` is ``[storage] synchronous``: "full" or "normal". ``changes_interval_s``
     spaces out :meth:`ClientStore.changed_elsewhere`'s reports (0, the default: each one).
+    ``commit_delay_s`` is ``[storage] commit_delay_ms`` in seconds: how long a grouped
+    commit may wait for more records while the host is busy (0, the default: no wait; the
+    CLI's stores record nothing).
     """
     # Imported here because the backend imports this module's types; this factory is also
     # where a choice of backend will go.
     from kms_host.storage.sqlite import SqliteClientStore  # noqa: PLC0415
 
     return await SqliteClientStore.open(
-        data_dir / DATABASE_FILE, synchronous=synchronous, changes_interval_s=changes_interval_s
+        data_dir / DATABASE_FILE,
+        synchronous=synchronous,
+        changes_interval_s=changes_interval_s,
+        commit_delay_s=commit_delay_s,
     )

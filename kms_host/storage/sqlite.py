@@ -19,7 +19,9 @@ Theory of operation:
   ``NORMAL`` (in WAL mode) a crash of the daemon.
 * Grouped commits. A COMMIT with ``synchronous = FULL`` is an fsync, and under load it was
   most of the store's cost. So :meth:`record` calls that arrive while a batch is being
-  written wait in a queue; when the worker is free, up to :data:`RECORD_BATCH` of them run,
+  written wait in a queue; when the worker is free, and after the queue has had up to
+  ``commit_delay_s`` to fill while the event loop had other work (never while it idles:
+  :func:`~kms_host.batching.wait_while_busy`), up to :data:`RECORD_BATCH` of them run,
   in arrival order, inside one ``BEGIN IMMEDIATE ... COMMIT``, each computing its own tally
   after its own write. Their futures are resolved only once that COMMIT returned, so an
   answer still means "on disk"; if the batch cannot commit, every caller in it gets the
@@ -52,6 +54,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple, TypeVar, TypeVarTuple
 
+from kms_host.batching import wait_while_busy
 from kms_host.errors import StorageError
 from kms_host.storage import AppTally, ClientRecord, RequestStats, Sighting
 from kms_host.storage import sqlite_queries as queries
@@ -79,10 +82,17 @@ class _RecordJob(NamedTuple):
 class SqliteClientStore:
     """:class:`~kms_host.storage.ClientStore` on a SQLite file; create with :meth:`open`."""
 
-    def __init__(self, path: Path, synchronous: str, changes_interval_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str,
+        changes_interval_s: float = 0.0,
+        commit_delay_s: float = 0.0,
+    ) -> None:
         if synchronous not in schema.SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {sorted(schema.SYNCHRONOUS)}")
         self._path = path
+        self._commit_delay_s = commit_delay_s
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kms-host-sqlite")
         self._conn: sqlite3.Connection | None = None  # touched in the worker thread only
@@ -96,13 +106,20 @@ class SqliteClientStore:
 
     @classmethod
     async def open(
-        cls, path: Path, *, synchronous: str = "full", changes_interval_s: float = 0.0
+        cls,
+        path: Path,
+        *,
+        synchronous: str = "full",
+        changes_interval_s: float = 0.0,
+        commit_delay_s: float = 0.0,
     ) -> SqliteClientStore:
         """Open or create the database at ``path`` and bring its schema up to date.
 
         ``changes_interval_s`` spaces out :meth:`changed_elsewhere`'s reports (0: each one).
+        ``commit_delay_s`` is how long a batch may keep filling while the loop is busy (0:
+        it is written as soon as the worker is free).
         """
-        store = cls(path, synchronous, changes_interval_s)
+        store = cls(path, synchronous, changes_interval_s, commit_delay_s)
         try:
             await store._submit(schema.migrate)
         except BaseException:
@@ -163,6 +180,7 @@ class SqliteClientStore:
         batch: list[_RecordJob] = []
         try:
             while self._queued:
+                await wait_while_busy(self._commit_delay_s, self._batch_full)
                 batch = self._next_batch()
                 if not batch:
                     continue
@@ -184,6 +202,9 @@ class SqliteClientStore:
                 self._settle(job.waiter, StorageError(unknown))
             self._queued.clear()
             self._writer = None
+
+    def _batch_full(self) -> bool:
+        return len(self._queued) >= RECORD_BATCH
 
     def _next_batch(self) -> list[_RecordJob]:
         """Up to :data:`RECORD_BATCH` queued records, oldest first, skipping cancelled ones."""

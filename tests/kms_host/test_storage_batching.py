@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import pytest
 import pytest_asyncio
 from sightings import cmid, windows_sighting
 
+from kms_host.batching import IDLE_TURN_S
 from kms_host.errors import StorageError
 from kms_host.storage import DATABASE_FILE, AppTally, Sighting
 from kms_host.storage.sqlite import RECORD_BATCH, SqliteClientStore
@@ -180,3 +182,46 @@ async def test_a_cancelled_record_still_queued_is_not_written(
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(outcomes[2], asyncio.CancelledError)
     assert stored_cmids(tmp_path) == {cmid(n) for n in (0, 1, 3, 4)}
+
+
+async def busy_arrivals(store: SqliteClientStore, count: int) -> list[AppTally]:
+    """``count`` records, one per loop turn, each turn also busy for 0.4 ms (reading,
+    answering): the trickle of a saturated host with fresh connections."""
+    pending = []
+    for n in range(count):
+        pending.append(asyncio.ensure_future(store.record(sighting(n), since=T0)))
+        end = time.perf_counter() + 8 * IDLE_TURN_S
+        while time.perf_counter() < end:
+            pass
+        await asyncio.sleep(0)
+    return list(await asyncio.gather(*pending))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("commit_delay_s", "one_commit"), [(60.0, True), (0.0, False)])
+async def test_a_busy_loop_fills_one_commit_within_commit_delay(
+    tmp_path: Path, commit_delay_s: float, one_commit: bool
+) -> None:
+    store = await SqliteClientStore.open(tmp_path / DATABASE_FILE, commit_delay_s=commit_delay_s)
+    try:
+        statements = await trace(store)
+        tallies = await asyncio.wait_for(busy_arrivals(store, 12), timeout=30)
+    finally:
+        await store.close()
+    assert [tally.live_clients for tally in tallies] == list(range(1, 13))
+    # With the delay, the writer waited through the busy turns and wrote all twelve at the
+    # first idle one; without it, it wrote whatever had arrived whenever it was free.
+    assert (statements.count("COMMIT") == 1) is one_commit
+    assert stored_cmids(tmp_path) == {cmid(n) for n in range(12)}
+
+
+@pytest.mark.asyncio
+async def test_a_lone_record_on_an_idle_loop_does_not_wait_for_commit_delay(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteClientStore.open(tmp_path / DATABASE_FILE, commit_delay_s=60.0)
+    try:
+        tally = await asyncio.wait_for(store.record(sighting(1), since=T0), timeout=10)
+    finally:
+        await store.close()
+    assert tally.live_clients == 1
