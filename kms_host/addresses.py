@@ -1,17 +1,28 @@
 """Addresses as kms-host reads and shows them: ``HOST:PORT``, an IPv6 host in brackets.
 
-One parser for every listen address (``[server] listen``, ``--listen``, ``[metrics]``,
-``probe``'s target) and one renderer for logs, ``runtime.json`` and ``status``, so that an
-address reads the same wherever it appears.
+One parser for every ``HOST:PORT`` the daemon and its commands read (``[server] listen``,
+``--listen``, ``[metrics]``, ``probe``'s and ``bench``'s targets, the ``[dns]`` addresses,
+``activate``'s servers) and one renderer for logs, ``runtime.json`` and ``status``, so that an
+address reads the same wherever it appears. Callers differ only in which bare host names
+they accept and in the lowest port.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ListenAddress", "format_address", "format_peer", "parse_listen"]
+__all__ = [
+    "HostCheck",
+    "ListenAddress",
+    "check_host_name",
+    "format_address",
+    "format_peer",
+    "parse_host_port",
+    "parse_listen",
+]
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -42,11 +53,30 @@ class ListenAddress:
 
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
-_PORT = re.compile(r"[0-9]{1,5}")
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also takes "\u0661\u0666"
+
+HostCheck = Callable[[str], object]
+"""Checks a host given without brackets and without a colon; raises ValueError saying why not."""
 
 
-def parse_listen(text: str) -> ListenAddress:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6, port 0..65535); ValueError says why not."""
+def check_host_name(host: str) -> None:
+    """A host name or an IPv4 address, as a listen address or a target gives it."""
+    if not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{host!r} is not a host name or IPv4 address")
+
+
+def parse_host_port(
+    text: str,
+    *,
+    check_host: HostCheck = check_host_name,
+    min_port: int = 0,
+    example: str = "[::]:1688",
+) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into a bare host and a port.
+
+    ``check_host`` judges a host outside brackets; ``example`` is the bracketed form an
+    error about an unbracketed IPv6 address suggests. ValueError says what is wrong.
+    """
     host, sep, port_text = text.strip().rpartition(":")
     if not sep or not host:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
@@ -57,9 +87,14 @@ def parse_listen(text: str) -> ListenAddress:
         except ValueError:
             raise ValueError(f"{host!r} in {text!r} is not an IPv6 address") from None
     elif ":" in host:
-        raise ValueError(f"IPv6 addresses go in brackets, as in '[::]:1688', got {text!r}")
-    elif not _HOSTNAME.fullmatch(host):
-        raise ValueError(f"{host!r} in {text!r} is not a host name or IPv4 address")
-    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
-        raise ValueError(f"port must be a number from 0 to 65535, got {text!r}")
-    return ListenAddress(host, int(port_text))
+        raise ValueError(f"IPv6 addresses go in brackets, as in {example!r}, got {text!r}")
+    else:
+        check_host(host)
+    if not _PORT.fullmatch(port_text) or not min_port <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from {min_port} to 65535, got {text!r}")
+    return host, int(port_text)
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """Parse a listen address, ``HOST:PORT`` with port 0..65535 (0: any free port)."""
+    return ListenAddress(*parse_host_port(text))

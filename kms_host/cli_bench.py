@@ -26,6 +26,7 @@ import sys
 from typing import Any, TextIO
 
 from kms_host import bench
+from kms_host.addresses import parse_host_port
 from kms_host.bench_null import NullServer
 from protocol.kms import ProtocolVersion, rijndael_build
 
@@ -39,10 +40,10 @@ _MODES: dict[str, tuple[bench.Mode, ...]] = {
 
 
 def _address(text: str, *, lowest_port: int = 1) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not lowest_port <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return parse_host_port(text, min_port=lowest_port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _listen_address(text: str) -> tuple[str, int]:

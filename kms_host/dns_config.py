@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from kms_host import addresses
 from kms_host.converters import boolean, integer, number
 from kms_host.errors import ConfigError
 
@@ -136,21 +137,15 @@ class DnsConfig:
 
 
 def parse_host_port(text: str, *, min_port: int = 0) -> tuple[str, int]:
-    """Parse "HOST:PORT" ("[v6]:PORT" for IPv6) into a bare host and a port."""
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if not isinstance(_ip_or_none(host), ipaddress.IPv6Address):
-            raise ValueError(f"{host!r} in {text!r} is not an IPv6 address")
-    elif ":" in host:
-        raise ValueError(f"IPv6 addresses go in brackets, as in '[::1]:53', got {text!r}")
-    elif _ip_or_none(host) is None:
+    """Parse "HOST:PORT" ("[v6]:PORT" for IPv6) whose host is an IP address or a DNS name."""
+    return addresses.parse_host_port(
+        text, check_host=_ip_or_dns_name, min_port=min_port, example="[::1]:53"
+    )
+
+
+def _ip_or_dns_name(host: str) -> None:
+    if _ip_or_none(host) is None:
         parse_dns_name(host)
-    if not port_text.isdigit() or not min_port <= int(port_text) <= 65535:
-        raise ValueError(f"port must be a number from {min_port} to 65535, got {text!r}")
-    return host, int(port_text)
 
 
 def parse_dns_name(text: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kms_host.addresses import ListenAddress, parse_listen
+from kms_host.cli import main
 from kms_host.config import (
     Config,
     ConfigOverrides,
@@ -15,6 +16,7 @@ from kms_host.config import (
     Prefill,
     load_config,
 )
+from kms_host.dns_config import parse_host_port
 from kms_host.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "kms-host.toml"
@@ -420,6 +422,38 @@ def test_parse_listen(text: str, host: str, port: int) -> None:
 def test_parse_listen_rejects(text: str) -> None:
     with pytest.raises(ValueError, match=r"."):
         parse_listen(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ns1.lab.example:\u0661\u0666\u0668\u0668",  # digits, but not ASCII ones
+        "::1:1688",
+        "[::1:1688",
+        "[192.0.2.1]:1688",
+        ":1688",
+        "192.0.2.1:",
+        "192.0.2.1:65536",
+    ],
+)
+def test_every_host_port_reader_rejects_the_same_text(text: str) -> None:
+    """One grammar for listen addresses, the [dns] and ``activate`` servers and bench targets."""
+    with pytest.raises(ValueError, match=r"."):
+        parse_listen(text)
+    with pytest.raises(ValueError, match=r"."):
+        parse_host_port(text)
+    with pytest.raises(SystemExit):
+        main(["bench", text])
+
+
+def test_dns_addresses_take_dns_names_and_ips() -> None:
+    assert parse_host_port("[::1]:53") == ("::1", 53)
+    assert parse_host_port("192.0.2.53:53", min_port=1) == ("192.0.2.53", 53)
+    assert parse_host_port("ns_1.lab.example:5353") == ("ns_1.lab.example", 5353)
+    with pytest.raises(ValueError, match="from 1 to 65535"):
+        parse_host_port("192.0.2.53:0", min_port=1)
+    with pytest.raises(ValueError, match="domain name"):
+        parse_host_port("bad..name:53")
 
 
 def test_listen_address_str() -> None:
