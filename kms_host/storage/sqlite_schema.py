@@ -146,10 +146,38 @@ def v3_no_cmid_index(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS clients_by_cmid")
 
 
+def v4_same_hour_renewals(conn: sqlite3.Connection) -> None:
+    """Let a renewal within its client's activation hour leave ``activations_by_hour`` alone.
+
+    The v1 trigger moved the client between hour buckets on every new activation time, so a
+    renewal in the same hour took one from its bucket and gave it back: two statements for
+    nothing. That is the usual case when a CI job or ``kms-host bench --cmids repeated``
+    activates the same machines again and again. Now the trigger fires only when the app,
+    the hour or the required count changes; the buckets, and so every tally, are the same.
+    """
+    conn.execute("DROP TRIGGER clients_activation_moved")
+    conn.execute(
+        """CREATE TRIGGER clients_activation_moved
+        AFTER UPDATE OF app, last_activated_us, activated_required_count ON clients
+        WHEN old.app IS NOT new.app
+            OR old.last_activated_us / 3600000000 IS NOT new.last_activated_us / 3600000000
+            OR old.activated_required_count IS NOT new.activated_required_count BEGIN
+            UPDATE activations_by_hour SET clients = clients - 1
+            WHERE app = old.app AND hour = old.last_activated_us / 3600000000
+                AND required_count = old.activated_required_count;
+            INSERT INTO activations_by_hour
+                SELECT new.app, new.last_activated_us / 3600000000, new.activated_required_count, 1
+                WHERE new.last_activated_us IS NOT NULL
+            ON CONFLICT DO UPDATE SET clients = clients + 1;
+        END"""
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     v1_initial,
     v2_synthetic,
     v3_no_cmid_index,
+    v4_same_hour_renewals,
 )
 """Applied in order; ``PRAGMA user_version`` counts those applied. Only ever append."""
 

@@ -263,7 +263,7 @@ async def test_creates_the_data_dir_and_a_wal_database(tmp_path: Path) -> None:
     await store.close()
     with sqlite3.connect(data_dir / DATABASE_FILE) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     conn.close()
 
 

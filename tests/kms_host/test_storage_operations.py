@@ -20,6 +20,8 @@ import pytest_asyncio
 from sightings import windows_sighting
 
 from kms_host.storage import DATABASE_FILE, AppTally, ClientStore, open_store
+from kms_host.storage import sqlite_queries as queries
+from kms_host.storage import sqlite_schema as schema
 from kms_host.storage.sqlite_schema import v1_initial, v2_synthetic
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -172,7 +174,39 @@ async def test_version_3_drops_the_cmid_index_and_forget_still_finds_every_app(
         indexes = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         }
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     conn.close()
     assert "clients_by_cmid" not in indexes
     assert {"clients_counting", "clients_by_last_seen"} <= indexes
+
+
+def test_a_renewal_within_the_hour_leaves_the_hour_buckets_alone(tmp_path: Path) -> None:
+    """Schema v4: the trigger moves a client between hour buckets only across hours.
+
+    ``total_changes`` counts the rows that trigger programs write too: a renewal in the same
+    hour writes its client row and its request counter, one in a later hour also takes the
+    client from the old bucket and adds it to the new one. The tallies agree either way.
+    """
+    conn = schema.connect(tmp_path / DATABASE_FILE, "normal")
+    try:
+        schema.migrate(conn)
+        since = T0 - timedelta(days=30)
+
+        def renew(minutes: int) -> tuple[int, AppTally]:
+            before = conn.total_changes
+            sighting = windows_sighting(1, seen_at=T0 + timedelta(minutes=minutes))
+            [tally] = queries.record_batch(conn, [(sighting, since)])
+            assert isinstance(tally, AppTally)
+            return conn.total_changes - before, tally
+
+        assert renew(0)[0] == 3  # a new client: its row, the counter, its hour bucket
+        assert renew(10) == (2, AppTally(live_clients=1, max_required_count=25))
+        assert renew(50) == (2, AppTally(live_clients=1, max_required_count=25))
+        assert renew(70) == (4, AppTally(live_clients=1, max_required_count=25))
+        buckets = conn.execute(
+            "SELECT hour - ? / 3600000000, clients FROM activations_by_hour ORDER BY hour",
+            (schema.micros(T0),),
+        ).fetchall()
+    finally:
+        conn.close()
+    assert buckets == [(0, 0), (1, 1)]
