@@ -202,6 +202,13 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[synchronous]}")
+        # Statement and savepoint journals in memory: they only undo a statement or a
+        # ROLLBACK TO inside an open transaction, and a crash needs none of them (the WAL
+        # is the journal that counts), so durability is unchanged. On disk they cost a
+        # batch of new clients about ten write calls per record once past SQLite's 64 KiB
+        # spill: 32 -> 7 µs of system time per record measured (issue 7). A batch holds at
+        # most RECORD_BATCH records, a few hundred KiB of pages.
+        conn.execute("PRAGMA temp_store = MEMORY")
     except BaseException:
         conn.close()
         raise
