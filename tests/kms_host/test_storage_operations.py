@@ -210,3 +210,16 @@ def test_a_renewal_within_the_hour_leaves_the_hour_buckets_alone(tmp_path: Path)
     finally:
         conn.close()
     assert buckets == [(0, 0), (1, 1)]
+
+
+def test_statement_journals_stay_in_memory(tmp_path: Path) -> None:
+    """A batch's savepoint and statement journals never touch the disk (temp_store MEMORY).
+
+    On disk they cost about ten write calls per new client (docs/performance.md, "Fifth
+    round"); a crash needs none of them, the WAL is what keeps committed records.
+    """
+    conn = schema.connect(tmp_path / DATABASE_FILE, "full")
+    try:
+        assert conn.execute("PRAGMA temp_store").fetchone() == (2,)  # 2 = MEMORY
+    finally:
+        conn.close()
