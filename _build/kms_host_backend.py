@@ -1,4 +1,4 @@
-"""kms-host's build backend: setuptools', plus an opt-in mypyc build of the Rijndael module.
+"""kms-host's build backend: setuptools', plus an opt-in mypyc build of the compact Rijndael.
 
 Why a backend of our own: ``[build-system] requires`` is static, and the default install must
 stay what it was (pure Python, no compiler, no mypy downloaded into the build environment).
@@ -6,13 +6,15 @@ So mypy is asked for only when ``KMS_HOST_MYPYC=1`` is set, through the PEP 517 
 may add requirements at build time. ``setup.py`` calls :func:`compiled_extensions` to give
 setuptools the extension modules (none by default), and only while a wheel or an editable
 install is built. ``KMS_HOST_MYPYC=1 pip install -e .`` compiles in place, beside
-``rijndael.py``, as a manual ``mypyc`` does (docs/performance.md). An sdist stays source.
+``rijndael_compact.py``, as a manual ``mypyc`` does (docs/performance.md). An sdist stays
+source.
 
 The variable is read strictly: unset, empty or ``0`` build pure; ``1`` compiles; anything
 else stops the build, since a typo must not quietly give the build that was not asked for.
 When compiling was asked for and fails (no mypy, no compiler, a type error), the build fails
-too: falling back to pure Python would hide it. The compiled module shadows ``rijndael.py``,
-which stays in the wheel as the fallback and for tests (docs/performance.md).
+too: falling back to pure Python would hide it. The compiled module shadows
+``rijndael_compact.py``, which stays in the wheel for the tests; the pure build's cipher is
+``rijndael.py``, compiled or not (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ MYPY = "mypy>=1.15,<3"
 pass ``tests/protocol``, and 1.20.2 and 2.0.0 import; 1.10.1 and 1.12.1 build a module that
 cannot be imported from within its package (``cannot access submodule 'kms'``). Only the
 build needs mypy; the wheel does not."""
-MYPYC_ARGS = ["--follow-imports=skip", "protocol/kms/rijndael.py"]
-"""What mypyc compiles, with mypy's options (``[tool.mypy]`` applies too). The module imports
-only the standard library; following the imports of its parent packages would type-check
-``construct`` and ``cryptography``, which the build environment does not have."""
+MYPYC_ARGS = ["--follow-imports=skip", "protocol/kms/rijndael_compact.py"]
+"""What mypyc compiles, with mypy's options (``[tool.mypy]`` applies too). Besides the standard
+library the module imports only the S-boxes of ``rijndael.py``, which it may see untyped;
+following the imports of its parent packages would type-check ``construct`` and
+``cryptography``, which the build environment does not have."""
 
 _COMPILING: ContextVar[bool] = ContextVar("kms_host_compiling", default=False)
 """True while ``build_wheel`` or ``build_editable`` runs. setuptools runs ``setup.py`` for
@@ -100,7 +103,7 @@ def build_editable(
     config_settings: ConfigSettings = None,
     metadata_directory: str | None = None,
 ) -> str:
-    """As for a wheel; setuptools builds the extension in place, beside ``rijndael.py``."""
+    """As for a wheel; setuptools builds the extension in place, beside its source."""
     return _compiling(
         _setuptools.build_editable, wheel_directory, config_settings, metadata_directory
     )
