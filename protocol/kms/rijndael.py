@@ -16,10 +16,10 @@ the inner ones, which is the form spec 5.2 requires for the V6 variant. Round ke
 expanded once per key; the protocol's keys are constants, so callers build one instance per
 key at import time. The CBC chains below carry the whole per-message work (issue 7).
 
-Speed (docs/performance.md): this is every activation's hottest code. It is written so that
-mypyc can compile the module unchanged (``int``-typed locals, no dynamic features); Python
-then imports the extension in place of this file, and ``tests/protocol/test_rijndael_builds``
-holds the two to the same results.
+Speed (docs/performance.md): in the default, pure build this is every activation's hottest
+code, tuned for the interpreter (the CBC chains below). A ``KMS_HOST_MYPYC=1`` build runs
+:mod:`protocol.kms.rijndael_compact` instead, which compiles to much faster code than these
+T-tables do; there this module only expands the keys.
 """
 
 from __future__ import annotations
@@ -228,16 +228,18 @@ class Rijndael:
         _check_blocks(_ZERO_BLOCK, data)
         return _WORDS.pack(*self._encrypt_chain((0, 0, 0, 0), data, None))
 
-    # The two chains below are the hot path of every activation (issue 7): the whole message
-    # is walked in one call with the rounds unrolled and the round keys in local variables,
-    # so a block costs no function call, no loop and no tuple. Rounds 1-9 are common to both
-    # key sizes; Rijndael-160 has one more (``extra``). ``out`` is None for a MAC, which keeps
-    # only the last block. The rounds are the T-table rounds of the module docstring; names
-    # alternate between the ``a`` and ``b`` states.
+    # The two chains below are the hot path of every activation in the pure build (issue 7):
+    # the whole message is walked in one call with the rounds unrolled and the round keys in
+    # local variables, so a block costs no function call and no loop. Between rounds the
+    # state goes through ``bytes``: ``pack`` turns the four column words into 16 bytes and
+    # unpacking them gives each byte a local, so a T-table index is a plain name, where
+    # ``(a >> 16) & 255`` costs two operations and an integer object (31% fewer instructions
+    # per block, docs/performance.md). The byte indexes are ShiftRows: column word ``j``
+    # takes row ``r`` from column ``j + r`` (``j - r`` to decrypt). Rounds 1-9 are common to
+    # both key sizes; Rijndael-160 has one more (``extra``). ``out`` is None for a MAC, which
+    # keeps only the last block.
 
-    def _encrypt_chain(  # noqa: PLR0915 - unrolled on purpose, see above
-        self, iv: _Words, data: bytes, out: bytearray | None
-    ) -> _Words:
+    def _encrypt_chain(self, iv: _Words, data: bytes, out: bytearray | None) -> _Words:
         t0, t1, t2, t3 = _TE0, _TE1, _TE2, _TE3
         u3, u2, u1, u0 = _S3, _S2, _S1, _S0
         f0, f1, f2, f3 = self._enc_first
@@ -250,72 +252,85 @@ class Rijndael:
             k37, k38, k39,
         ) = self._enc_body
         # fmt: on
-        unpack_from, pack_into = _WORDS.unpack_from, _WORDS.pack_into
-        p0: int
-        p1: int
-        p2: int
-        p3: int
+        pack, unpack_from, pack_into = _WORDS.pack, _WORDS.unpack_from, _WORDS.pack_into
         c0, c1, c2, c3 = iv
         for offset in range(0, len(data), 16):
             p0, p1, p2, p3 = unpack_from(data, offset)
-            a0 = p0 ^ c0 ^ f0
-            a1 = p1 ^ c1 ^ f1
-            a2 = p2 ^ c2 ^ f2
-            a3 = p3 ^ c3 ^ f3
-            b0 = t0[a0 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a3 & 255] ^ k4
-            b1 = t0[a1 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a0 & 255] ^ k5
-            b2 = t0[a2 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a1 & 255] ^ k6
-            b3 = t0[a3 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a2 & 255] ^ k7
-            a0 = t0[b0 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b3 & 255] ^ k8
-            a1 = t0[b1 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b0 & 255] ^ k9
-            a2 = t0[b2 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b1 & 255] ^ k10
-            a3 = t0[b3 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b2 & 255] ^ k11
-            b0 = t0[a0 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a3 & 255] ^ k12
-            b1 = t0[a1 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a0 & 255] ^ k13
-            b2 = t0[a2 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a1 & 255] ^ k14
-            b3 = t0[a3 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a2 & 255] ^ k15
-            a0 = t0[b0 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b3 & 255] ^ k16
-            a1 = t0[b1 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b0 & 255] ^ k17
-            a2 = t0[b2 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b1 & 255] ^ k18
-            a3 = t0[b3 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b2 & 255] ^ k19
-            b0 = t0[a0 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a3 & 255] ^ k20
-            b1 = t0[a1 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a0 & 255] ^ k21
-            b2 = t0[a2 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a1 & 255] ^ k22
-            b3 = t0[a3 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a2 & 255] ^ k23
-            a0 = t0[b0 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b3 & 255] ^ k24
-            a1 = t0[b1 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b0 & 255] ^ k25
-            a2 = t0[b2 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b1 & 255] ^ k26
-            a3 = t0[b3 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b2 & 255] ^ k27
-            b0 = t0[a0 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a3 & 255] ^ k28
-            b1 = t0[a1 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a0 & 255] ^ k29
-            b2 = t0[a2 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a1 & 255] ^ k30
-            b3 = t0[a3 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a2 & 255] ^ k31
-            a0 = t0[b0 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b3 & 255] ^ k32
-            a1 = t0[b1 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b0 & 255] ^ k33
-            a2 = t0[b2 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b1 & 255] ^ k34
-            a3 = t0[b3 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b2 & 255] ^ k35
-            b0 = t0[a0 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a3 & 255] ^ k36
-            b1 = t0[a1 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a0 & 255] ^ k37
-            b2 = t0[a2 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a1 & 255] ^ k38
-            b3 = t0[a3 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a2 & 255] ^ k39
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                p0 ^ c0 ^ f0, p1 ^ c1 ^ f1, p2 ^ c2 ^ f2, p3 ^ c3 ^ f3
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ k4,
+                t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ k5,
+                t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ k6,
+                t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ k7,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ k8,
+                t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ k9,
+                t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ k10,
+                t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ k11,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ k12,
+                t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ k13,
+                t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ k14,
+                t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ k15,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ k16,
+                t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ k17,
+                t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ k18,
+                t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ k19,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ k20,
+                t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ k21,
+                t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ k22,
+                t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ k23,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ k24,
+                t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ k25,
+                t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ k26,
+                t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ k27,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ k28,
+                t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ k29,
+                t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ k30,
+                t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ k31,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ k32,
+                t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ k33,
+                t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ k34,
+                t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ k35,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ k36,
+                t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ k37,
+                t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ k38,
+                t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ k39,
+            )
             if extra is not None:
-                x0, x1, x2, x3 = extra
-                a0 = t0[b0 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b3 & 255] ^ x0
-                a1 = t0[b1 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b0 & 255] ^ x1
-                a2 = t0[b2 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b1 & 255] ^ x2
-                a3 = t0[b3 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b2 & 255] ^ x3
-                b0, b1, b2, b3 = a0, a1, a2, a3
-            c0 = u3[b0 >> 24] ^ u2[(b1 >> 16) & 255] ^ u1[(b2 >> 8) & 255] ^ u0[b3 & 255] ^ l0
-            c1 = u3[b1 >> 24] ^ u2[(b2 >> 16) & 255] ^ u1[(b3 >> 8) & 255] ^ u0[b0 & 255] ^ l1
-            c2 = u3[b2 >> 24] ^ u2[(b3 >> 16) & 255] ^ u1[(b0 >> 8) & 255] ^ u0[b1 & 255] ^ l2
-            c3 = u3[b3 >> 24] ^ u2[(b0 >> 16) & 255] ^ u1[(b1 >> 8) & 255] ^ u0[b2 & 255] ^ l3
+                x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                    t0[x0] ^ t1[x5] ^ t2[x10] ^ t3[x15] ^ extra[0],
+                    t0[x4] ^ t1[x9] ^ t2[x14] ^ t3[x3] ^ extra[1],
+                    t0[x8] ^ t1[x13] ^ t2[x2] ^ t3[x7] ^ extra[2],
+                    t0[x12] ^ t1[x1] ^ t2[x6] ^ t3[x11] ^ extra[3],
+                )
+            c0, c1, c2, c3 = (
+                u3[x0] ^ u2[x5] ^ u1[x10] ^ u0[x15] ^ l0,
+                u3[x4] ^ u2[x9] ^ u1[x14] ^ u0[x3] ^ l1,
+                u3[x8] ^ u2[x13] ^ u1[x2] ^ u0[x7] ^ l2,
+                u3[x12] ^ u2[x1] ^ u1[x6] ^ u0[x11] ^ l3,
+            )
             if out is not None:
                 pack_into(out, offset, c0, c1, c2, c3)
         return c0, c1, c2, c3
 
-    def _decrypt_chain(  # noqa: PLR0915 - unrolled on purpose, see above
-        self, iv: _Words, data: bytes, out: bytearray
-    ) -> None:
+    def _decrypt_chain(self, iv: _Words, data: bytes, out: bytearray) -> None:
         t0, t1, t2, t3 = _TD0, _TD1, _TD2, _TD3
         u3, u2, u1, u0 = _I3, _I2, _I1, _I0
         f0, f1, f2, f3 = self._dec_first
@@ -328,68 +343,81 @@ class Rijndael:
             k37, k38, k39,
         ) = self._dec_body
         # fmt: on
-        unpack_from, pack_into = _WORDS.unpack_from, _WORDS.pack_into
-        c0: int
-        c1: int
-        c2: int
-        c3: int
+        pack, unpack_from, pack_into = _WORDS.pack, _WORDS.unpack_from, _WORDS.pack_into
         v0, v1, v2, v3 = iv
         for offset in range(0, len(data), 16):
             c0, c1, c2, c3 = unpack_from(data, offset)
-            a0 = c0 ^ f0
-            a1 = c1 ^ f1
-            a2 = c2 ^ f2
-            a3 = c3 ^ f3
-            b0 = t0[a0 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a1 & 255] ^ k4
-            b1 = t0[a1 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a2 & 255] ^ k5
-            b2 = t0[a2 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a3 & 255] ^ k6
-            b3 = t0[a3 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a0 & 255] ^ k7
-            a0 = t0[b0 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b1 & 255] ^ k8
-            a1 = t0[b1 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b2 & 255] ^ k9
-            a2 = t0[b2 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b3 & 255] ^ k10
-            a3 = t0[b3 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b0 & 255] ^ k11
-            b0 = t0[a0 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a1 & 255] ^ k12
-            b1 = t0[a1 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a2 & 255] ^ k13
-            b2 = t0[a2 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a3 & 255] ^ k14
-            b3 = t0[a3 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a0 & 255] ^ k15
-            a0 = t0[b0 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b1 & 255] ^ k16
-            a1 = t0[b1 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b2 & 255] ^ k17
-            a2 = t0[b2 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b3 & 255] ^ k18
-            a3 = t0[b3 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b0 & 255] ^ k19
-            b0 = t0[a0 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a1 & 255] ^ k20
-            b1 = t0[a1 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a2 & 255] ^ k21
-            b2 = t0[a2 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a3 & 255] ^ k22
-            b3 = t0[a3 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a0 & 255] ^ k23
-            a0 = t0[b0 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b1 & 255] ^ k24
-            a1 = t0[b1 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b2 & 255] ^ k25
-            a2 = t0[b2 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b3 & 255] ^ k26
-            a3 = t0[b3 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b0 & 255] ^ k27
-            b0 = t0[a0 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a1 & 255] ^ k28
-            b1 = t0[a1 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a2 & 255] ^ k29
-            b2 = t0[a2 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a3 & 255] ^ k30
-            b3 = t0[a3 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a0 & 255] ^ k31
-            a0 = t0[b0 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b1 & 255] ^ k32
-            a1 = t0[b1 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b2 & 255] ^ k33
-            a2 = t0[b2 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b3 & 255] ^ k34
-            a3 = t0[b3 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b0 & 255] ^ k35
-            b0 = t0[a0 >> 24] ^ t1[(a3 >> 16) & 255] ^ t2[(a2 >> 8) & 255] ^ t3[a1 & 255] ^ k36
-            b1 = t0[a1 >> 24] ^ t1[(a0 >> 16) & 255] ^ t2[(a3 >> 8) & 255] ^ t3[a2 & 255] ^ k37
-            b2 = t0[a2 >> 24] ^ t1[(a1 >> 16) & 255] ^ t2[(a0 >> 8) & 255] ^ t3[a3 & 255] ^ k38
-            b3 = t0[a3 >> 24] ^ t1[(a2 >> 16) & 255] ^ t2[(a1 >> 8) & 255] ^ t3[a0 & 255] ^ k39
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                c0 ^ f0, c1 ^ f1, c2 ^ f2, c3 ^ f3
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ k4,
+                t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ k5,
+                t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ k6,
+                t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ k7,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ k8,
+                t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ k9,
+                t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ k10,
+                t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ k11,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ k12,
+                t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ k13,
+                t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ k14,
+                t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ k15,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ k16,
+                t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ k17,
+                t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ k18,
+                t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ k19,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ k20,
+                t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ k21,
+                t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ k22,
+                t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ k23,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ k24,
+                t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ k25,
+                t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ k26,
+                t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ k27,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ k28,
+                t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ k29,
+                t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ k30,
+                t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ k31,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ k32,
+                t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ k33,
+                t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ k34,
+                t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ k35,
+            )
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ k36,
+                t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ k37,
+                t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ k38,
+                t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ k39,
+            )
             if extra is not None:
-                x0, x1, x2, x3 = extra
-                a0 = t0[b0 >> 24] ^ t1[(b3 >> 16) & 255] ^ t2[(b2 >> 8) & 255] ^ t3[b1 & 255] ^ x0
-                a1 = t0[b1 >> 24] ^ t1[(b0 >> 16) & 255] ^ t2[(b3 >> 8) & 255] ^ t3[b2 & 255] ^ x1
-                a2 = t0[b2 >> 24] ^ t1[(b1 >> 16) & 255] ^ t2[(b0 >> 8) & 255] ^ t3[b3 & 255] ^ x2
-                a3 = t0[b3 >> 24] ^ t1[(b2 >> 16) & 255] ^ t2[(b1 >> 8) & 255] ^ t3[b0 & 255] ^ x3
-                b0, b1, b2, b3 = a0, a1, a2, a3
+                x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = pack(
+                    t0[x0] ^ t1[x13] ^ t2[x10] ^ t3[x7] ^ extra[0],
+                    t0[x4] ^ t1[x1] ^ t2[x14] ^ t3[x11] ^ extra[1],
+                    t0[x8] ^ t1[x5] ^ t2[x2] ^ t3[x15] ^ extra[2],
+                    t0[x12] ^ t1[x9] ^ t2[x6] ^ t3[x3] ^ extra[3],
+                )
             pack_into(
                 out,
                 offset,
-                u3[b0 >> 24] ^ u2[(b3 >> 16) & 255] ^ u1[(b2 >> 8) & 255] ^ u0[b1 & 255] ^ l0 ^ v0,
-                u3[b1 >> 24] ^ u2[(b0 >> 16) & 255] ^ u1[(b3 >> 8) & 255] ^ u0[b2 & 255] ^ l1 ^ v1,
-                u3[b2 >> 24] ^ u2[(b1 >> 16) & 255] ^ u1[(b0 >> 8) & 255] ^ u0[b3 & 255] ^ l2 ^ v2,
-                u3[b3 >> 24] ^ u2[(b2 >> 16) & 255] ^ u1[(b1 >> 8) & 255] ^ u0[b0 & 255] ^ l3 ^ v3,
+                u3[x0] ^ u2[x13] ^ u1[x10] ^ u0[x7] ^ l0 ^ v0,
+                u3[x4] ^ u2[x1] ^ u1[x14] ^ u0[x11] ^ l1 ^ v1,
+                u3[x8] ^ u2[x5] ^ u1[x2] ^ u0[x15] ^ l2 ^ v2,
+                u3[x12] ^ u2[x9] ^ u1[x6] ^ u0[x3] ^ l3 ^ v3,
             )
             v0, v1, v2, v3 = c0, c1, c2, c3
 
