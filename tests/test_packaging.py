@@ -10,7 +10,7 @@ because pip builds in the tree (``build/``, ``*.egg-info``, mypy's cache) and wo
 The compiled wheel is unpacked (a wheel is a zip of what an install puts in site-packages) and
 ``tests/protocol/test_rijndael_builds.py`` runs against it in a fresh interpreter: FIPS-197,
 the pure source held to the compiled module, and the check that the extension is what was
-imported. Building it takes 15-40 s here (mostly gcc on the generated C); without a C
+imported. Building it takes about 15 s here (mostly gcc on the generated C); without a C
 compiler those tests skip.
 """
 
@@ -37,7 +37,7 @@ SOURCES = [
     "protocol",
     "kms_host",
 ]
-BUILD_TIMEOUT_S = 300  # measured: 15-40 s compiled, 4-7 s pure, with pip's cache warm
+BUILD_TIMEOUT_S = 300  # measured: about 15 s compiled, 4-7 s pure, with pip's cache warm
 RUN_TIMEOUT_S = 120
 EXTENSION = "protocol/kms/rijndael_compact" + sysconfig.get_config_var("EXT_SUFFIX")
 

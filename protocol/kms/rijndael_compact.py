@@ -1,12 +1,12 @@
 """Rijndael from the 256-byte S-boxes and word arithmetic: the cipher of the compiled build.
 
-Why this module exists (issue 7): mypyc compiles :mod:`protocol.kms.rijndael` to C, but
-every T-table entry it reads is a boxed 32-bit integer in a tuple, so each of a round's 16
-lookups costs a bounds check and two integer conversions, most of the compiled chain's
+Why this module exists (issue 7): mypyc can compile :mod:`protocol.kms.rijndael` to C, but
+every T-table entry it reads is then a boxed 32-bit integer in a tuple, so each of a round's
+16 lookups costs a bounds check and two integer conversions, most of the compiled chain's
 time. Here a round reads 16 bytes from a ``bytes`` S-box and does MixColumns with shifts
 and XORs on ``i64`` words, which mypyc turns into plain C arithmetic: compiled, a 15-block
 CBC encryption is several times faster than the compiled T-tables (docs/performance.md).
-Interpreted it is about three times slower than them, so this module is the one the
+Interpreted it is four to six times slower than them, so this module is the one the
 ``KMS_HOST_MYPYC=1`` build compiles and runs, while the pure build runs the T-tables and
 imports this one only to test it. ``i64`` is a type for mypyc alone: every use is an
 annotation, so the interpreted module needs no ``mypy_extensions``.
