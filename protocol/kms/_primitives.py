@@ -85,18 +85,6 @@ _C3: Final = 0x3156CD5AC628477A
 _U64: Final = (1 << 64) - 1
 
 
-class _BlockCipher(Protocol):
-    """What both Rijndael implementations offer: single blocks, chains and the V4 MAC."""
-
-    def decrypt_block(self, block: bytes) -> bytes: ...
-
-    def cbc_encrypt(self, iv: bytes, data: bytes) -> bytes: ...
-
-    def cbc_decrypt(self, iv: bytes, data: bytes) -> bytes: ...
-
-    def cbc_mac(self, data: bytes) -> bytes: ...
-
-
 class CbcCipher(Protocol):
     """What the KMS message crypto needs from a block cipher (spec 5.4)."""
 
@@ -110,6 +98,14 @@ class CbcCipher(Protocol):
 
     def cbc_decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
         """CBC-decrypt whole blocks (the caller checks and strips padding)."""
+        ...
+
+
+class _BlockCipher(CbcCipher, Protocol):
+    """What both Rijndael implementations offer: :class:`CbcCipher`, and the V4 MAC's chain."""
+
+    def cbc_mac(self, data: bytes) -> bytes:
+        """The last block of the CBC encryption of ``data`` under a zero IV (no padding)."""
         ...
 
 
