@@ -14,6 +14,11 @@ acks, which a fresh connection per activation pays for every time
 so errors and edge cases are the schema's. bind_nak and fault, sent only to refuse, have
 the ``construct`` path alone.
 
+Clients of one kind send the same bind and alter_context bodies on every connection, so a
+body's fields are kept (:func:`_proposal`, a small LRU memo of immutable results): a fresh
+connection then pays for parsing a proposal once per distinct body, not twice per
+connection (issue 7).
+
 The codec checks structure, not policy: version numbers, ``auth_length`` and flags are
 reported as read and judged by the state machines. Bytes after a bind's last context
 element (its auth_verifier, if any) are not interpreted; neither emulator reads them
@@ -23,8 +28,10 @@ either (spec 2.2).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, Final
 
 from construct import ConstructError, Container
 
@@ -53,6 +60,7 @@ __all__ = ["LITTLE_ENDIAN_DREP", "build_pdu", "parse_header", "parse_pdu"]
 LITTLE_ENDIAN_DREP = b"\x10\x00\x00\x00"
 
 _Fields = dict[str, Any]
+_PROPOSAL_MEMO: Final = 32  # distinct bind / alter_context bodies kept (a few per client kind)
 
 
 def parse_header(frame: bytes) -> CommonHeader:
@@ -200,24 +208,28 @@ def _port_string(raw: bytes) -> str:
     return text.decode("ascii")
 
 
-def _proposal(body: bytes) -> _Fields:
+@lru_cache(maxsize=_PROPOSAL_MEMO)
+def _proposal(body: bytes) -> Mapping[str, Any]:
+    """A bind or alter_context body's fields, read-only since repeated bodies share them."""
     fast = _fastbind.proposal_fields(body)
     if fast is not None:
-        return fast
+        return MappingProxyType(fast)
     raw = schema.BIND_BODY.parse(body)
-    return {
-        "max_xmit_frag": raw.max_xmit_frag,
-        "max_recv_frag": raw.max_recv_frag,
-        "assoc_group_id": raw.assoc_group_id,
-        "contexts": tuple(
-            ContextElement(
-                context_id=element.context_id,
-                abstract_syntax=_syntax(element.abstract_syntax),
-                transfer_syntaxes=tuple(_syntax(ts) for ts in element.transfer_syntaxes),
-            )
-            for element in raw.contexts
-        ),
-    }
+    return MappingProxyType(
+        {
+            "max_xmit_frag": raw.max_xmit_frag,
+            "max_recv_frag": raw.max_recv_frag,
+            "assoc_group_id": raw.assoc_group_id,
+            "contexts": tuple(
+                ContextElement(
+                    context_id=element.context_id,
+                    abstract_syntax=_syntax(element.abstract_syntax),
+                    transfer_syntaxes=tuple(_syntax(ts) for ts in element.transfer_syntaxes),
+                )
+                for element in raw.contexts
+            ),
+        }
+    )
 
 
 def _proposal_fields(pdu: Bind | AlterContext) -> _Fields:

@@ -23,8 +23,9 @@ Rejected and BTFN results carry the all-zero syntax, as the vlmcsd client insist
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final
 
 from protocol.rpc.constants import (
     BTFN_PREFIX,
@@ -62,6 +63,7 @@ _NDR32_ID = SYNTAX_IDS[TransferSyntax.NDR32]
 _NDR64_ID = SYNTAX_IDS[TransferSyntax.NDR64]
 _SYNTAX_NAMES = {syntax_id: name for name, syntax_id in SYNTAX_IDS.items()}
 _BTFN_VERSION = 1
+_NEGOTIATION_MEMO: Final = 32  # distinct (proposal, settings) pairs kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +109,13 @@ def _choose(element: ContextElement, *, ndr64: bool, btfn: bool) -> ContextResul
     return ContextResultItem(ContextResult.PROVIDER_REJECTION, reason, NULL_SYNTAX)
 
 
-def negotiate(contexts: Iterable[ContextElement], *, ndr64: bool, btfn: bool) -> Negotiation:
-    """Answer every proposed element (spec 2.5); ``btfn`` must be False for alter_context."""
-    elements = tuple(contexts)
+@lru_cache(maxsize=_NEGOTIATION_MEMO)
+def negotiate(elements: tuple[ContextElement, ...], *, ndr64: bool, btfn: bool) -> Negotiation:
+    """Answer every proposed element (spec 2.5); ``btfn`` must be False for alter_context.
+
+    A pure function of its arguments, all immutable, so its results are memoised: clients
+    of one kind propose the same elements on every connection (issue 7).
+    """
     ndr64_possible = ndr64 and any(
         _is_kms_interface(element.abstract_syntax) and _NDR64_ID in element.transfer_syntaxes
         for element in elements

@@ -380,6 +380,27 @@ def test_assoc_group_proposed_by_the_client_is_echoed() -> None:
     assert struct.unpack_from("<I", server.data_to_send(), 20) == (0xCAFE,)
 
 
+def test_repeated_proposals_are_answered_for_each_connection_and_body() -> None:
+    """Parsing and negotiation are memoised (issue 7): the same bind bytes must still get
+    the answer of each connection's own settings, and a body differing in one field its own."""
+    frame = _bind(_element(0, NDR32_ID), _element(1, NDR64_ID), _element(2, btfn_syntax(3)))
+    expected = {
+        (True, True): [(2, 2, ZERO), (0, 0, NDR64_ID), (3, 3, ZERO)],
+        (False, True): [(0, 0, NDR32_ID), (2, 2, ZERO), (3, 3, ZERO)],
+        (True, False): [(2, 2, ZERO), (0, 0, NDR64_ID), (2, 2, ZERO)],
+    }
+    for ndr64, btfn in [*expected, (True, True), (False, True)]:
+        server = _server(ndr64=ndr64, btfn=btfn)
+        server.receive_data(frame)
+        out = server.data_to_send()
+        assert _ack_results(out) == expected[ndr64, btfn]
+        assert struct.unpack_from("<I", out, 20) == (0x11223344,)
+    for assoc, echoed in [(0xCAFE, 0xCAFE), (0, 0x11223344), (0xBEEF, 0xBEEF)]:
+        server = _server()
+        server.receive_data(_bind(_element(0, NDR32_ID), _element(1, NDR64_ID), assoc=assoc))
+        assert struct.unpack_from("<I", server.data_to_send(), 20) == (echoed,)
+
+
 def test_bind_ack_flags_mirror_conc_mpx_only() -> None:
     server = _server()
     server.receive_data(_bind(_element(0, NDR32_ID), flags=0x03))
