@@ -15,6 +15,7 @@ Event names and fields are snake_case and stable: they are an API for whoever pa
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from datetime import date
@@ -49,12 +50,17 @@ def _json_default(value: object) -> str:
     return value.isoformat() if isinstance(value, date) else str(value)
 
 
-def _leading_keys(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
-    """Put ``timestamp``, ``level`` and ``event`` first, so a JSON line reads like a log line."""
+_ENCODER = json.JSONEncoder(default=_json_default)
+"""One encoder for every line: ``json.dumps`` given ``default=`` builds a new one per call,
+a tenth of an ``activation`` event's rendering (issue 7)."""
+
+
+def _render_json(_logger: object, _name: str, event_dict: EventDict) -> str:
+    """The JSON line, ``timestamp``, ``level`` and ``event`` first so that it reads like one."""
     head = {
         key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict
     }
-    return {**head, **event_dict}
+    return _ENCODER.encode({**head, **event_dict})
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -74,7 +80,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     ]
     # ConsoleRenderer lays out exc_info itself and warns if it was formatted before it.
     final: list[Processor] = (
-        [_DICT_TRACEBACKS, _leading_keys, structlog.processors.JSONRenderer(default=_json_default)]
+        [_DICT_TRACEBACKS, _render_json]
         if as_json
         else [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     )
