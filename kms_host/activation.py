@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kms_host.catalog import Catalog, HostKeyGroup, KmsProduct, Sku
 from kms_host.config import CountingConfig, CountingMode, PolicyConfig, Prefill
@@ -76,37 +77,76 @@ def assess(
     now_filetime: int,
 ) -> Assessment:
     """Apply the host's rules, in the order of the module docstring."""
-    application = catalog.application(request.application_id)
-    app = application.key if application else str(request.application_id)
-    product = catalog.kms_product(request.kms_counted_id)
-    sku = catalog.sku(request.sku_id)
-    group = catalog.group_for(request.kms_counted_id, request.application_id, scope)
-    notes = _notes(request, product, sku, catalog, known_app=application is not None)
+    found = _look_up(catalog, scope, request.application_id, request.kms_counted_id, request.sku_id)
 
     def result(refusal: Refusal | None) -> Assessment:
-        return Assessment(app, product, sku, group, notes, refusal)
+        return Assessment(found.app, found.product, found.sku, found.group, found.notes, refusal)
 
     if request.required_client_count > policy.max_required_client_count:
         return result(Refusal(HRESULT_INVALID_DATA, "required_count_too_high"))
     skew_s = abs(request.request_time - now_filetime) / _FILETIME_PER_SECOND
     if policy.check_client_time and skew_s > policy.clock_skew_max_s:
         return result(Refusal(HRESULT_INVALID_TIMESTAMP, "clock_skew"))
-    if product is None and policy.refuse_unknown:
+    if found.product is None and policy.refuse_unknown:
         return result(Refusal(HRESULT_KMS_ID_MISMATCH, "unknown_kms_id"))
-    if product is not None and not _covered(catalog, request.kms_counted_id, scope):
+    if found.product is not None and not found.covered:
         return result(Refusal(HRESULT_KMS_ID_MISMATCH, "product_not_in_scope"))
-    mismatch = [n for n in notes if n in ("sku_kms_mismatch", "application_mismatch")]
+    mismatch = [n for n in found.notes if n in ("sku_kms_mismatch", "application_mismatch")]
     if mismatch and policy.strict_sku:
         return result(Refusal(HRESULT_KMS_ID_MISMATCH, mismatch[0]))
     return result(None)
 
 
-def _covered(catalog: Catalog, kms_id: uuid.UUID, scope: frozenset[str]) -> bool:
-    return any(group.key in scope for group in catalog.groups_covering(kms_id))
+_LOOKUP_MEMO = 256
+"""(catalog, scope, application, KMS ID, SKU) combinations remembered by :func:`_look_up`. A
+lab's clients bring a few dozen; requests with made-up IDs only cycle the memo."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """What the catalog says about a request's three IDs, whatever else it carries."""
+
+    app: str
+    product: KmsProduct | None
+    sku: Sku | None
+    group: HostKeyGroup | None
+    notes: tuple[str, ...]
+    covered: bool
+    """Some in-scope host-key group covers the KMS ID (rule 4)."""
+
+
+@lru_cache(maxsize=_LOOKUP_MEMO)
+def _look_up(
+    catalog: Catalog,
+    scope: frozenset[str],
+    application_id: uuid.UUID,
+    kms_id: uuid.UUID,
+    sku_id: uuid.UUID,
+) -> _Lookup:
+    """The catalog's side of :func:`assess`, memoised: it depends on these arguments only.
+
+    Clients of one kind send the same three IDs with every request, and the lookups and
+    UUID hashing cost about two thirds of an assessment (5 of 7.5 µs measured, issue 7). A
+    catalog compares by identity and is read-only, and a scope is a frozenset, so an entry
+    can never go stale.
+    """
+    application = catalog.application(application_id)
+    product = catalog.kms_product(kms_id)
+    sku = catalog.sku(sku_id)
+    known_app = application is not None
+    return _Lookup(
+        app=application.key if application else str(application_id),
+        product=product,
+        sku=sku,
+        group=catalog.group_for(kms_id, application_id, scope),
+        notes=_notes(application_id, kms_id, product, sku, catalog, known_app=known_app),
+        covered=any(group.key in scope for group in catalog.groups_covering(kms_id)),
+    )
 
 
 def _notes(
-    request: KmsRequest,
+    application_id: uuid.UUID,
+    kms_id: uuid.UUID,
     product: KmsProduct | None,
     sku: Sku | None,
     catalog: Catalog,
@@ -118,11 +158,11 @@ def _notes(
         notes.append("unknown_application")
     if product is None:
         notes.append("unknown_kms_id")
-    elif catalog.application_id(product.application) != request.application_id:
+    elif catalog.application_id(product.application) != application_id:
         notes.append("application_mismatch")
     if sku is None:
         notes.append("unknown_sku")
-    elif sku.kms_id != request.kms_counted_id:
+    elif sku.kms_id != kms_id:
         notes.append("sku_kms_mismatch")
     return tuple(notes)
 
