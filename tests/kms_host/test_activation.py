@@ -3,7 +3,8 @@
 :func:`kms_host.activation.assess` remembers what the catalog says about a request's
 application, KMS and SKU IDs (issue 7). These tests ask about one request under two host-key
 scopes and two catalogs, in the order that would expose an answer remembered for the wrong
-one. The IDs are Windows 10/11 Pro's (spec 8.4-8.6); the verdicts are spec 7.4's.
+one. The request is the load generator's Windows 10/11 Pro one (spec 8.4-8.6); the verdicts
+are spec 7.4's.
 """
 
 from __future__ import annotations
@@ -12,29 +13,14 @@ import uuid
 from types import MappingProxyType
 
 from kms_host.activation import HRESULT_KMS_ID_MISMATCH, Refusal, assess
+from kms_host.bench_null import make_request
 from kms_host.catalog import Catalog, load_catalog
 from kms_host.config import PolicyConfig
-from protocol.kms import KmsRequest, ProtocolVersion
+from protocol.kms import ProtocolVersion
 
 WINDOWS = uuid.UUID("55c92734-d682-4d71-983e-d6ec3f16059f")
-WINDOWS_10_PRO = uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")
-WINDOWS_10_KMS_ID = uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148")
 NOW = 133_485_408_000_000_000  # a FILETIME; the request is sent at the same instant
-
-REQUEST = KmsRequest(
-    version=ProtocolVersion.V6,
-    is_client_vm=0,
-    license_status=2,
-    grace_time_min=43200,
-    application_id=WINDOWS,
-    sku_id=WINDOWS_10_PRO,
-    kms_counted_id=WINDOWS_10_KMS_ID,
-    client_machine_id=uuid.UUID("6e4b1f9a-2c3d-4e5f-8a9b-0c1d2e3f4a5b"),
-    required_client_count=25,
-    request_time=NOW,
-    previous_client_machine_id=uuid.UUID(int=0),
-    machine_name="pc01.lab.example",
-)
+REQUEST = make_request(ProtocolVersion.V6, uuid.UUID(int=0x1234), NOW)  # Windows 10/11 Pro
 
 
 def _judge(catalog: Catalog, scope: frozenset[str]) -> tuple[Refusal | None, tuple[str, ...]]:
