@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocol.errors import KmsMalformed, ResponseVerificationError
-from protocol.kms import _fastcodec, codec
+from protocol.kms import codec
 from protocol.kms._primitives import (
     BLOCK_SIZE,
     ZERO_BLOCK,
@@ -60,9 +60,9 @@ class VerifiedResponse:
 
 def build_request(request: KmsRequest, *, rng: Rng) -> PendingRequest:
     """Build a request: MAC'd plaintext (V4) or CBC under a fresh IVc (V5/V6; spec 4.3, 4.4)."""
-    base = _fastcodec.build_request(request)
+    base = codec.build_request(request)
     if request.version == ProtocolVersion.V4:
-        return PendingRequest(request, _fastcodec.build_v4_request(base, v4_mac(base)), None, None)
+        return PendingRequest(request, codec.build_v4_request(base, v4_mac(base)), None, None)
     iv = draw_block(rng)
     decrypted_iv = cipher_for(request.version).decrypt_block(iv)
     return PendingRequest(request, seal_envelope(request.version, iv, base), iv, decrypted_iv)
@@ -103,7 +103,7 @@ def open_response(data: bytes, pending: PendingRequest) -> VerifiedResponse:
 
 def _parse_base_response(data: bytes) -> tuple[KmsResponse, int]:
     try:
-        response, size = _fastcodec.parse_response(data)
+        response, size = codec.parse_response(data)
     except KmsMalformed as exc:
         raise ResponseVerificationError(str(exc), check="epid") from exc
     _check(
@@ -125,7 +125,7 @@ def _open_v4_response(data: bytes) -> KmsResponse:
 def _decrypt_response(data: bytes, version: ProtocolVersion) -> tuple[codec.Envelope, bytes, bytes]:
     """Return the envelope, Ds = D_K(response IV) and the unpadded payload (spec 5.4)."""
     try:
-        envelope = _fastcodec.parse_envelope(data)
+        envelope = codec.parse_envelope(data)
     except KmsMalformed as exc:
         raise ResponseVerificationError(str(exc), check="length") from exc
     ciphertext = envelope.ciphertext
@@ -151,7 +151,7 @@ def _open_encrypted_response(
     body, mac = payload[:mac_start], payload[mac_start:]
     response, size = _parse_base_response(body)
     _check(len(body) == size + _TAIL_SIZE[version], "length", "response payload has the wrong size")
-    tail = _fastcodec.parse_tail(body[size:], version)
+    tail = codec.parse_tail(body[size:], version)
     salt = xor_blocks(tail.random_xored_ivs, decrypted_request_iv)
     _check(
         hashlib.sha256(salt).digest() == tail.hash, "hash", "SHA256(RandomXoredIVs ^ Dc) != Hash"

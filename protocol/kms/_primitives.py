@@ -10,9 +10,7 @@ and :mod:`protocol.kms.rijndael_wide` runs the blocks that do not depend on each
 decryption; the same block of several messages) a round of all of them at once. Compiled
 by mypyc (``KMS_HOST_MYPYC=1``), :mod:`protocol.kms.rijndael_compact` runs every chain in
 native integer arithmetic, faster than either at every width. The cipher instances are
-built once, at import: the keys are protocol constants. Messages are framed with the
-``struct`` twin of the codec (:mod:`protocol.kms._fastcodec`), which its tests hold to the
-``construct`` one.
+built once, at import: the keys are protocol constants.
 
 Both ciphers offer the operations the protocol needs. ``decrypt_block`` gives the "decrypted
 IV" values Dc and Ds of spec 5.4; CBC with an all-zero IV over ``IV || ciphertext`` (spec 5.4
@@ -29,7 +27,7 @@ from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol.kms import _fastcodec, codec, rijndael_compact
+from protocol.kms import codec, rijndael_compact
 from protocol.kms.messages import ProtocolVersion
 from protocol.kms.rijndael import Rijndael
 from protocol.kms.rijndael_compact import CompactRijndael
@@ -243,7 +241,7 @@ def cipher_for(version: ProtocolVersion) -> CbcCipher:
 def seal_envelope(version: ProtocolVersion, iv: bytes, payload: bytes) -> bytes:
     """``version || IV || CBC_Enc(K, IV, PKCS7(payload))`` (spec 4.4, 4.7, 4.8)."""
     ciphertext = cipher_for(version).cbc_encrypt(iv, _add_pkcs7(payload))
-    return _fastcodec.build_envelope(codec.Envelope(version.value, 0, iv, ciphertext))
+    return codec.build_envelope(codec.Envelope(version.value, 0, iv, ciphertext))
 
 
 def seal_v6_envelopes(ivs: Sequence[bytes], payloads: Sequence[bytes]) -> list[bytes]:
@@ -258,7 +256,7 @@ def seal_v6_envelopes(ivs: Sequence[bytes], payloads: Sequence[bytes]) -> list[b
         ciphertexts = V6_CIPHER.cbc_encrypt_many(group_ivs, [padded[i] for i in indexes])
         for index, iv, ciphertext in zip(indexes, group_ivs, ciphertexts, strict=True):
             envelope = codec.Envelope(ProtocolVersion.V6.value, 0, iv, ciphertext)
-            sealed[index] = _fastcodec.build_envelope(envelope)
+            sealed[index] = codec.build_envelope(envelope)
     return sealed
 
 

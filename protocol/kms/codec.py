@@ -1,7 +1,8 @@
-"""KMS message bytes <-> typed values; the only module where ``construct`` Containers exist.
+"""KMS message bytes <-> typed values: the only module that reads and writes the KMS layouts.
 
-Every ``construct`` error is converted here, once, into :class:`KmsMalformed` (architecture
-4.4), whichever direction it happens in. The two string fields get explicit handling because
+Each layout is the declaration in :mod:`protocol.kms.schema`, run by the reader and writer
+:mod:`protocol.layout` derives from it; every failure, in either direction, is raised as
+:class:`KmsMalformed` (architecture 4.4). The two string fields get explicit handling because
 their rules are not expressible as layout (spec 4.2, 4.5, 10.16, 10.23):
 
 * MachineName is decoded up to the first NUL code unit (clients leave garbage after it;
@@ -13,14 +14,14 @@ their rules are not expressible as layout (spec 4.2, 4.5, 10.16, 10.23):
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from typing import Any, Final
-
-from construct import ConstructError, Container, Struct
+from typing import Final
 
 from protocol.errors import KmsMalformed
 from protocol.kms import schema
 from protocol.kms.messages import KmsRequest, KmsResponse, ProtocolVersion
+from protocol.layout import Layout
 
 __all__ = [
     "Envelope",
@@ -41,6 +42,15 @@ __all__ = [
 _MAX_PID_SIZE: Final = 128
 _NUL: Final = b"\x00\x00"
 _VERSIONS: Final = {(version.value, 0): version for version in ProtocolVersion}
+MAX_PRODUCT_GUIDS: Final = 4096
+
+_VERSION: Final = Layout("version", schema.Version, KmsMalformed)
+_BASE_REQUEST: Final = Layout("base request", schema.BaseRequest, KmsMalformed)
+_V4_REQUEST: Final = Layout("V4 request", schema.V4Request, KmsMalformed)
+_ENVELOPE: Final = Layout("encrypted message", schema.EncryptedMessage, KmsMalformed)
+_BASE_RESPONSE: Final = Layout("base response", schema.BaseResponse, KmsMalformed)
+_V5_TAIL: Final = Layout("V5 response tail", schema.V5ResponseTail, KmsMalformed)
+_V6_TAIL: Final = Layout("V6 response tail", schema.V6ResponseTail, KmsMalformed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +76,21 @@ class ResponseTail:
     xored_ivs: bytes | None = None
 
 
-def _parse(struct: Struct, data: bytes, what: str) -> Container[Any]:
-    try:
-        return struct.parse(data)
-    except ConstructError as exc:
-        raise KmsMalformed(f"cannot parse {what}: {exc}") from exc
+_PRODUCT_GUIDS: dict[bytes, uuid.UUID] = {}
 
 
-def _build(struct: Struct, fields: dict[str, Any], what: str) -> bytes:
-    try:
-        return struct.build(fields)
-    except ConstructError as exc:
-        raise KmsMalformed(f"cannot build {what}: {exc}") from exc
+def _product_guid(raw: bytes) -> uuid.UUID:
+    """An application, SKU or KMS ID: the same few hundred values arrive again and again.
+
+    Each is made a UUID once (UUIDs are immutable, so sharing them is safe). The memo stops
+    growing at :data:`MAX_PRODUCT_GUIDS`, since a client chooses these bytes.
+    """
+    known = _PRODUCT_GUIDS.get(raw)
+    if known is None:
+        known = uuid.UUID(bytes_le=raw)
+        if len(_PRODUCT_GUIDS) < MAX_PRODUCT_GUIDS:
+            _PRODUCT_GUIDS[raw] = known
+    return known
 
 
 def _protocol_version(major: int, minor: int) -> ProtocolVersion:
@@ -97,8 +110,8 @@ def _first_nul(raw: bytes) -> int:
 
 def parse_version(data: bytes) -> tuple[int, int]:
     """Return ``(major, minor)`` of a KMS message (spec 4.1)."""
-    fields = _parse(schema.Version, data, "version")
-    return fields.major, fields.minor
+    minor, major = _VERSION.unpack(data)
+    return major, minor
 
 
 def _decode_machine_name(raw: bytes) -> str:
@@ -117,58 +130,67 @@ def _encode_machine_name(name: str) -> bytes:
 
 def parse_request(data: bytes) -> KmsRequest:
     """Parse a plaintext base request (spec 4.2); bytes after the 236th are ignored."""
-    fields = _parse(schema.BaseRequest, data, "base request")
+    (minor, major, is_vm, status, grace, app, sku, kms, cmid, required, when, previous, name) = (
+        _BASE_REQUEST.unpack(data)
+    )
     return KmsRequest(
-        version=_protocol_version(fields.major, fields.minor),
-        is_client_vm=fields.is_client_vm,
-        license_status=fields.license_status,
-        grace_time_min=fields.grace_time,
-        application_id=fields.application_id,
-        sku_id=fields.sku_id,
-        kms_counted_id=fields.kms_counted_id,
-        client_machine_id=fields.client_machine_id,
-        required_client_count=fields.required_client_count,
-        request_time=fields.request_time,
-        previous_client_machine_id=fields.previous_client_machine_id,
-        machine_name=_decode_machine_name(fields.machine_name),
+        version=_protocol_version(major, minor),
+        is_client_vm=is_vm,
+        license_status=status,
+        grace_time_min=grace,
+        application_id=_product_guid(app),
+        sku_id=_product_guid(sku),
+        kms_counted_id=_product_guid(kms),
+        client_machine_id=uuid.UUID(bytes_le=cmid),
+        required_client_count=required,
+        request_time=when,
+        previous_client_machine_id=uuid.UUID(bytes_le=previous),
+        machine_name=_decode_machine_name(name),
     )
 
 
 def build_request(request: KmsRequest) -> bytes:
     """Build the 236-byte plaintext base request (spec 4.2)."""
-    fields = {
-        "minor": 0,
-        "major": request.version,
-        "is_client_vm": request.is_client_vm,
-        "license_status": request.license_status,
-        "grace_time": request.grace_time_min,
-        "application_id": request.application_id,
-        "sku_id": request.sku_id,
-        "kms_counted_id": request.kms_counted_id,
-        "client_machine_id": request.client_machine_id,
-        "required_client_count": request.required_client_count,
-        "request_time": request.request_time,
-        "previous_client_machine_id": request.previous_client_machine_id,
-        "machine_name": _encode_machine_name(request.machine_name),
-    }
-    return _build(schema.BaseRequest, fields, "base request")
+    name = _encode_machine_name(request.machine_name)
+    try:
+        guids = (
+            request.application_id.bytes_le,
+            request.sku_id.bytes_le,
+            request.kms_counted_id.bytes_le,
+            request.client_machine_id.bytes_le,
+        )
+        previous = request.previous_client_machine_id.bytes_le
+    except AttributeError as exc:
+        raise KmsMalformed(f"cannot build base request: {exc}") from exc
+    return _BASE_REQUEST.pack(
+        0,
+        request.version,
+        request.is_client_vm,
+        request.license_status,
+        request.grace_time_min,
+        *guids,
+        request.required_client_count,
+        request.request_time,
+        previous,
+        name,
+    )
 
 
 def parse_v4_request(data: bytes) -> tuple[bytes, bytes]:
     """Split a V4 request into its raw base request and MAC (spec 4.3); excess is ignored."""
-    fields = _parse(schema.V4Request, data, "V4 request")
-    return fields.base, fields.mac
+    base, mac = _V4_REQUEST.unpack(data)
+    return base, mac
 
 
 def build_v4_request(base: bytes, mac: bytes) -> bytes:
     """Join a raw base request and its MAC into a V4 request (spec 4.3)."""
-    return _build(schema.V4Request, {"base": base, "mac": mac}, "V4 request")
+    return _V4_REQUEST.pack(base, mac)
 
 
 def parse_envelope(data: bytes) -> Envelope:
     """Split a V5/V6 message into version, IV and ciphertext (spec 4.4, 4.7, 4.8)."""
-    fields = _parse(schema.EncryptedMessage, data, "encrypted message")
-    return Envelope(fields.major, fields.minor, fields.iv, fields.ciphertext)
+    fields = _ENVELOPE.parse(data)
+    return Envelope(fields["major"], fields["minor"], fields["iv"], fields["ciphertext"])
 
 
 def build_envelope(envelope: Envelope) -> bytes:
@@ -179,7 +201,7 @@ def build_envelope(envelope: Envelope) -> bytes:
         "iv": envelope.iv,
         "ciphertext": envelope.ciphertext,
     }
-    return _build(schema.EncryptedMessage, fields, "encrypted message")
+    return _ENVELOPE.build(fields)
 
 
 def _decode_epid(raw: bytes) -> str:
@@ -209,51 +231,47 @@ def parse_response(data: bytes) -> tuple[KmsResponse, int]:
 
     Returns the response and its length 44 + PIDSize, where the version's tail begins.
     """
-    fields = _parse(schema.BaseResponse, data, "base response")
+    fields, size = _BASE_RESPONSE.read(data)
     response = KmsResponse(
-        version=_protocol_version(fields.major, fields.minor),
-        epid=_decode_epid(fields.epid),
-        client_machine_id=fields.client_machine_id,
-        response_time=fields.response_time,
-        current_client_count=fields.current_client_count,
-        activation_interval_min=fields.activation_interval,
-        renewal_interval_min=fields.renewal_interval,
+        version=_protocol_version(fields["major"], fields["minor"]),
+        epid=_decode_epid(fields["epid"]),
+        client_machine_id=uuid.UUID(bytes_le=fields["client_machine_id"]),
+        response_time=fields["response_time"],
+        current_client_count=fields["current_client_count"],
+        activation_interval_min=fields["activation_interval"],
+        renewal_interval_min=fields["renewal_interval"],
     )
-    return response, fields.size
+    return response, size
 
 
 def build_response(response: KmsResponse) -> bytes:
     """Build a base response (spec 4.5); PIDSize is computed from the ePID."""
+    try:
+        cmid = response.client_machine_id.bytes_le
+    except AttributeError as exc:
+        raise KmsMalformed(f"cannot build base response: {exc}") from exc
     fields = {
         "minor": 0,
         "major": response.version,
         "epid": _encode_epid(response.epid),
-        "client_machine_id": response.client_machine_id,
+        "client_machine_id": cmid,
         "response_time": response.response_time,
         "current_client_count": response.current_client_count,
         "activation_interval": response.activation_interval_min,
         "renewal_interval": response.renewal_interval_min,
     }
-    return _build(schema.BaseResponse, fields, "base response")
+    return _BASE_RESPONSE.build(fields)
 
 
 def parse_tail(data: bytes, version: ProtocolVersion) -> ResponseTail:
     """Parse the V5 or V6 tail that follows the base response (spec 4.7, 4.8)."""
     if version == ProtocolVersion.V5:
-        fields = _parse(schema.V5ResponseTail, data, "V5 response tail")
-        return ResponseTail(fields.random_xored_ivs, fields.hash)
-    fields = _parse(schema.V6ResponseTail, data, "V6 response tail")
-    return ResponseTail(fields.random_xored_ivs, fields.hash, fields.hwid, fields.xored_ivs)
+        return ResponseTail(*_V5_TAIL.unpack(data))
+    return ResponseTail(*_V6_TAIL.unpack(data))
 
 
 def build_tail(tail: ResponseTail) -> bytes:
     """Build a V5 tail, or a V6 one when ``hwid`` and ``xored_ivs`` are set."""
-    fields = {
-        "random_xored_ivs": tail.random_xored_ivs,
-        "hash": tail.hash,
-        "hwid": tail.hwid,
-        "xored_ivs": tail.xored_ivs,
-    }
     if tail.hwid is None or tail.xored_ivs is None:
-        return _build(schema.V5ResponseTail, fields, "V5 response tail")
-    return _build(schema.V6ResponseTail, fields, "V6 response tail")
+        return _V5_TAIL.pack(tail.random_xored_ivs, tail.hash)
+    return _V6_TAIL.pack(tail.random_xored_ivs, tail.hash, tail.hwid, tail.xored_ivs)

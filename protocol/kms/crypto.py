@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocol.errors import KmsError, KmsIntegrityError, KmsMalformed, UnsupportedVersion
-from protocol.kms import _fastcodec, codec
+from protocol.kms import codec
 from protocol.kms._client import PendingRequest, VerifiedResponse, build_request, open_response
 from protocol.kms._primitives import (
     BLOCK_SIZE,
@@ -77,7 +77,7 @@ class OpenedRequest:
 
 def peek_version(data: bytes) -> tuple[int, int]:
     """Return ``(major, minor)`` of a KMS message; :class:`KmsMalformed` if under 4 bytes."""
-    return _fastcodec.parse_version(data)
+    return codec.parse_version(data)
 
 
 def open_request(data: bytes, *, verify_v4_mac: bool = True) -> OpenedRequest:
@@ -99,7 +99,7 @@ def open_requests(
     """:func:`open_request` of each message: the opened request, or the error it raises.
 
     What a batch saves is cipher work: the blocks of all its V6 requests are decrypted in
-    one wide step (issue 7), so a host reading many requests in one loop turn pays the wide
+    one wide step, so a host reading many requests in one loop turn pays the wide
     cipher's fixed cost once. One message's error never affects another's result.
     """
     results: dict[int, OpenedRequest | KmsError] = {}
@@ -134,15 +134,15 @@ def open_requests(
 
 
 def _open_v4_request(data: bytes, *, verify_mac: bool) -> OpenedRequest:
-    base, mac = _fastcodec.parse_v4_request(data)
+    base, mac = codec.parse_v4_request(data)
     if verify_mac and not hmac.compare_digest(v4_mac(base), mac):
         raise KmsIntegrityError("V4 request MAC does not match")
-    return OpenedRequest(_fastcodec.parse_request(base), ProtocolVersion.V4, None, None)
+    return OpenedRequest(codec.parse_request(base), ProtocolVersion.V4, None, None)
 
 
 def _encrypted_parts(data: bytes, version: ProtocolVersion) -> tuple[bytes, bytes]:
     """IVc and the 240 bytes of ciphertext the request needs (spec 4.4)."""
-    envelope = _fastcodec.parse_envelope(data)
+    envelope = codec.parse_envelope(data)
     ciphertext = envelope.ciphertext[:_REQUEST_CIPHERTEXT_SIZE]
     if len(ciphertext) < _REQUEST_CIPHERTEXT_SIZE:
         raise KmsMalformed(f"KMS v{version.value} request is shorter than 260 bytes")
@@ -154,7 +154,7 @@ def _opened_from(plaintext: bytes, version: ProtocolVersion, iv: bytes) -> Opene
     base = strip_pkcs7(plaintext[BLOCK_SIZE:])
     if base is None:
         raise KmsIntegrityError("request padding is not valid PKCS#7")
-    request = _fastcodec.parse_request(base)
+    request = codec.parse_request(base)
     if request.version != version:
         raise KmsMalformed(
             f"inner version {request.version.value} differs from outer {version.value}"
@@ -179,7 +179,7 @@ def seal_responses(
 
     The messages are those that one call each would give with the same draws. What a batch
     saves is cipher work: the V6 replies' Ds values are one wide decryption and their
-    envelopes are encrypted side by side (issue 7), which a host answering many clients at
+    envelopes are encrypted side by side, which a host answering many clients at
     once can use and a client with one request cannot.
     """
     if len(hwid) != _HWID_SIZE:
@@ -187,7 +187,7 @@ def seal_responses(
     sealed = [b""] * len(replies)
     v6: list[tuple[int, bytes, bytes, int]] = []  # index, S, body, response time
     for index, (opened, response) in enumerate(replies):
-        base = _fastcodec.build_response(response)
+        base = codec.build_response(response)
         if opened.version == ProtocolVersion.V4:
             sealed[index] = base + v4_mac(base)
             continue
@@ -198,12 +198,12 @@ def seal_responses(
         random_xored_ivs, salt_hash = xor_blocks(salt, decrypted_iv), hashlib.sha256(salt).digest()
         if opened.version == ProtocolVersion.V5:
             tail = codec.ResponseTail(random_xored_ivs, salt_hash)
-            body = base + _fastcodec.build_tail(tail)
+            body = base + codec.build_tail(tail)
             sealed[index] = seal_envelope(ProtocolVersion.V5, request_iv, body)
             continue
         response_iv = _draw_response_iv(rng, request_iv)
         tail = codec.ResponseTail(random_xored_ivs, salt_hash, hwid, decrypted_iv)
-        v6.append((index, response_iv, base + _fastcodec.build_tail(tail), response.response_time))
+        v6.append((index, response_iv, base + codec.build_tail(tail), response.response_time))
     if v6:
         ivs = [iv for _, iv, _, _ in v6]
         ds = V6_CIPHER.decrypt_blocks(b"".join(ivs))

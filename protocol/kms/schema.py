@@ -1,17 +1,15 @@
 """``construct`` declarations of the KMS message layer (spec section 4; appendix A).
 
 Layout only: no crypto, no time, no validation beyond what the layout implies. The codec
-turns these Containers into :mod:`protocol.kms.messages` types; nothing else imports them.
-All integers are little-endian (spec 0.1); GUIDs use Microsoft's mixed-endian layout.
+runs these declarations through the readers and writers :mod:`protocol.layout` derives
+from them and turns the values into :mod:`protocol.kms.messages` types; nothing else
+imports them. All integers are little-endian (spec 0.1). GUIDs stay raw 16-byte strings
+in Microsoft's mixed-endian layout; the codec turns them into :class:`uuid.UUID`.
 """
 
 from __future__ import annotations
 
-import uuid
-from typing import TYPE_CHECKING
-
 from construct import (
-    Adapter,
     Bytes,
     GreedyBytes,
     Int16ul,
@@ -19,16 +17,9 @@ from construct import (
     Int64ul,
     Rebuild,
     Struct,
-    Tell,
+    len_,
     this,
 )
-
-if TYPE_CHECKING:
-    from construct.core import Context
-
-    _GuidBase = Adapter[bytes, bytes, uuid.UUID, uuid.UUID]
-else:  # construct's classes are generic only in the construct-typing stubs
-    _GuidBase = Adapter
 
 __all__ = [
     "BASE_REQUEST_SIZE",
@@ -47,17 +38,8 @@ BASE_REQUEST_SIZE = 236
 MACHINE_NAME_SIZE = 128
 
 
-class _GuidAdapter(_GuidBase):
-    """Microsoft ``GUID`` (Data1 u32le, Data2 u16le, Data3 u16le, Data4) <-> UUID (spec 0.1)."""
-
-    def _decode(self, obj: bytes, context: Context, path: str) -> uuid.UUID:
-        return uuid.UUID(bytes_le=obj)
-
-    def _encode(self, obj: uuid.UUID, context: Context, path: str) -> bytes:
-        return obj.bytes_le
-
-
-Guid = _GuidAdapter(Bytes(16))
+# Microsoft ``GUID``: Data1 u32le, Data2 u16le, Data3 u16le, Data4 (spec 0.1).
+Guid = Bytes(16)
 
 # Offset 0 of every KMS message (spec 4.1): minor first, then major, so v6.0 is 00 00 06 00.
 Version = Struct("minor" / Int16ul, "major" / Int16ul)
@@ -92,24 +74,18 @@ EncryptedMessage = Struct(
     "ciphertext" / GreedyBytes,
 )
 
-
-def _pid_size(context: Context) -> int:
-    return len(context.epid)
-
-
-# Spec 4.5: 44 + P bytes, P = PIDSize = UTF-16LE ePID length including its NUL. ``size``
-# records where the base response ends, since a tail follows it in every version.
+# Spec 4.5: 44 + P bytes, P = PIDSize = UTF-16LE ePID length including its NUL. A tail
+# follows it in every version, so the codec also reports where it ends.
 BaseResponse = Struct(
     "minor" / Int16ul,
     "major" / Int16ul,
-    "pid_size" / Rebuild(Int32ul, _pid_size),
+    "pid_size" / Rebuild(Int32ul, len_(this.epid)),
     "epid" / Bytes(this.pid_size),
     "client_machine_id" / Guid,
     "response_time" / Int64ul,
     "current_client_count" / Int32ul,
     "activation_interval" / Int32ul,
     "renewal_interval" / Int32ul,
-    "size" / Tell,
 )
 
 # Spec 4.7: what follows the base response inside the V5 payload.

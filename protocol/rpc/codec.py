@@ -1,23 +1,16 @@
-"""Bytes <-> typed PDUs: the only module where ``construct`` Containers exist.
+"""Bytes <-> typed PDUs: the only module that reads and writes the RPC layouts.
 
 :func:`parse_pdu` takes one framed PDU (as :class:`~protocol.rpc.framing.FrameBuffer`
 returns it) and gives a dataclass of :mod:`protocol.rpc.pdus`; :func:`build_pdu` is its
-inverse. Every ``construct`` failure is converted here, exactly once, into
-:class:`~protocol.errors.MalformedPdu` carrying the header's ``call_id`` when the
-header was readable (architecture 4.4), so that the connection can answer with a fault
+inverse. Each layout is the declaration in :mod:`protocol.rpc.schema`, run by the reader
+and writer :mod:`protocol.layout` derives from it. Every failure is converted here, exactly
+once, into :class:`~protocol.errors.MalformedPdu` carrying the header's ``call_id`` when
+the header was readable (architecture 4.4), so that the connection can answer with a fault
 for the right call (spec 3.5).
 
-The PDUs of an activation are read and written with ``struct`` first: the common header,
-requests and responses (:mod:`protocol.rpc._fastpdu`), and bind, alter_context and their
-acks, which a fresh connection per activation pays for every time
-(:mod:`protocol.rpc._fastbind`). Anything those paths decline takes the ``construct`` one,
-so errors and edge cases are the schema's. bind_nak and fault, sent only to refuse, have
-the ``construct`` path alone.
-
 Clients of one kind send the same bind and alter_context bodies on every connection, so a
-body's fields are kept (:func:`_proposal`, a small LRU memo of immutable results): a fresh
-connection then pays for parsing a proposal once per distinct body, not twice per
-connection (issue 7).
+body's fields are kept (:func:`_proposal`, a small LRU memo of immutable results) and the
+syntaxes the KMS exchange uses are shared frozen values (:data:`_KNOWN_SYNTAXES`).
 
 The codec checks structure, not policy: version numbers, ``auth_length`` and flags are
 reported as read and judged by the state machines. Bytes after a bind's last context
@@ -33,11 +26,20 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final
 
-from construct import ConstructError, Container
-
 from protocol.errors import MalformedPdu
-from protocol.rpc import _fastbind, _fastpdu, schema
-from protocol.rpc.constants import PFC, PType
+from protocol.layout import Layout
+from protocol.rpc import schema
+from protocol.rpc.constants import (
+    BTFN_PREFIX,
+    KMS_INTERFACE,
+    KMS_INTERFACE_VERSION,
+    NDR32_SYNTAX,
+    NDR32_VERSION,
+    NDR64_SYNTAX,
+    NDR64_VERSION,
+    PFC,
+    PType,
+)
 from protocol.rpc.pdus import (
     AlterContext,
     AlterContextResp,
@@ -62,26 +64,22 @@ LITTLE_ENDIAN_DREP = b"\x10\x00\x00\x00"
 _Fields = dict[str, Any]
 _PROPOSAL_MEMO: Final = 32  # distinct bind / alter_context bodies kept (a few per client kind)
 
+_HEADER: Final = Layout("common header", schema.CommonHeader, MalformedPdu)
+_BIND: Final = Layout("bind body", schema.BIND_BODY, MalformedPdu)
+_BIND_ACK: Final = Layout("bind_ack body", schema.BIND_ACK_BODY, MalformedPdu)
+_BIND_NAK: Final = Layout("bind_nak body", schema.BIND_NAK_BODY, MalformedPdu)
+_REQUEST: Final = Layout("request body", schema.REQUEST_BODY, MalformedPdu)
+_RESPONSE: Final = Layout("response body", schema.RESPONSE_BODY, MalformedPdu)
+_FAULT: Final = Layout("fault body", schema.FAULT_BODY, MalformedPdu)
+
 
 def parse_header(frame: bytes) -> CommonHeader:
     """Read the common header (spec 1.2) of a PDU without looking at its body."""
-    fast = _fastpdu.parse_header(frame)
-    if fast is not None:
-        return fast
     try:
-        raw = schema.CommonHeader.parse(frame)
-    except ConstructError as exc:
+        vers, minor, ptype, flags, drep, frag_length, auth_length, call_id = _HEADER.unpack(frame)
+    except MalformedPdu as exc:
         raise MalformedPdu(f"truncated common header: {exc}") from exc
-    return CommonHeader(
-        rpc_vers=raw.rpc_vers,
-        rpc_vers_minor=raw.rpc_vers_minor,
-        ptype=raw.ptype,
-        pfc_flags=PFC(raw.pfc_flags),
-        drep=raw.drep,
-        frag_length=raw.frag_length,
-        auth_length=raw.auth_length,
-        call_id=raw.call_id,
-    )
+    return CommonHeader(vers, minor, ptype, PFC(flags), drep, frag_length, auth_length, call_id)
 
 
 def parse_pdu(frame: bytes) -> Pdu:
@@ -110,7 +108,7 @@ def parse_pdu(frame: bytes) -> Pdu:
     body = frame[schema.COMMON_HEADER_SIZE :]
     try:
         return decode(body, common)
-    except (ConstructError, ValueError) as exc:  # ValueError: a bad secondary address
+    except (MalformedPdu, ValueError) as exc:  # ValueError: a bad secondary address
         raise MalformedPdu(
             f"malformed {PType(header.ptype).name.lower()} PDU: {exc}", call_id=header.call_id
         ) from exc
@@ -120,69 +118,47 @@ def build_pdu(pdu: Pdu) -> bytes:
     """Encode a PDU; ``frag_length`` is computed and ``packed_drep`` is little-endian."""
     pfc_flags = pdu.pfc_flags
     match pdu:
-        case Bind() | AlterContext() if (fast := _fastbind.build_proposal(pdu)) is not None:
-            return fast
-        case BindAck() | AlterContextResp() if (fast := _fastbind.build_reply(pdu)) is not None:
-            return fast
         case Bind() | AlterContext():
-            body = schema.BIND_BODY.build(_proposal_fields(pdu))
+            body = _BIND.build(_proposal_fields(pdu))
         case BindAck() | AlterContextResp():
-            body = schema.BIND_ACK_BODY.build(_reply_fields(pdu))
+            body = _BIND_ACK.build(_reply_fields(pdu))
         case BindNak():
-            body = schema.BIND_NAK_BODY.build(
-                {
-                    "provider_reject_reason": pdu.reject_reason,
-                    "versions": [{"major": major, "minor": minor} for major, minor in pdu.versions],
-                }
+            versions = [{"major": major, "minor": minor} for major, minor in pdu.versions]
+            body = _BIND_NAK.build(
+                {"provider_reject_reason": pdu.reject_reason, "versions": versions}
             )
-        case Request() if (fast := _fastpdu.build_request(pdu)) is not None:
-            return fast
-        case Response() if (fast := _fastpdu.build_response(pdu)) is not None:
-            return fast
         case Request():
             # The object UUID is on the wire iff the flag says so (spec 3.2): keep them in step.
             pfc_flags = pfc_flags & ~PFC.OBJECT_UUID
             if pdu.object_uuid is not None:
                 pfc_flags |= PFC.OBJECT_UUID
-            body = schema.REQUEST_BODY.build(
-                {
-                    "alloc_hint": pdu.alloc_hint,
-                    "context_id": pdu.context_id,
-                    "opnum": pdu.opnum,
-                    "object": None if pdu.object_uuid is None else pdu.object_uuid.bytes_le,
-                    "stub": pdu.stub,
-                },
-                pfc_flags=pfc_flags,
-            )
+            fields = {
+                "alloc_hint": pdu.alloc_hint,
+                "context_id": pdu.context_id,
+                "opnum": pdu.opnum,
+                "object": None if pdu.object_uuid is None else pdu.object_uuid.bytes_le,
+                "stub": pdu.stub,
+            }
+            body = _REQUEST.build(fields, pfc_flags=pfc_flags)
         case Response():
-            body = schema.RESPONSE_BODY.build(
-                {
-                    "alloc_hint": pdu.alloc_hint,
-                    "context_id": pdu.context_id,
-                    "cancel_count": pdu.cancel_count,
-                    "stub": pdu.stub,
-                }
-            )
+            fields = {
+                "alloc_hint": pdu.alloc_hint,
+                "context_id": pdu.context_id,
+                "cancel_count": pdu.cancel_count,
+                "stub": pdu.stub,
+            }
+            body = _RESPONSE.build(fields)
         case _:  # Fault, the last member of Pdu
-            body = schema.FAULT_BODY.build(
-                {
-                    "alloc_hint": pdu.alloc_hint,
-                    "context_id": pdu.context_id,
-                    "cancel_count": pdu.cancel_count,
-                    "status": pdu.status,
-                }
-            )
-    header = schema.CommonHeader.build(
-        {
-            "rpc_vers": pdu.rpc_vers,
-            "rpc_vers_minor": pdu.rpc_vers_minor,
-            "ptype": pdu.ptype,
-            "pfc_flags": pfc_flags,
-            "drep": LITTLE_ENDIAN_DREP,
-            "frag_length": schema.COMMON_HEADER_SIZE + len(body),
-            "auth_length": pdu.auth_length,
-            "call_id": pdu.call_id,
-        }
+            body = _FAULT.pack(pdu.alloc_hint, pdu.context_id, pdu.cancel_count, pdu.status)
+    header = _HEADER.pack(
+        pdu.rpc_vers,
+        pdu.rpc_vers_minor,
+        pdu.ptype,
+        pfc_flags,
+        LITTLE_ENDIAN_DREP,
+        schema.COMMON_HEADER_SIZE + len(body),
+        pdu.auth_length,
+        pdu.call_id,
     )
     return header + body
 
@@ -190,12 +166,28 @@ def build_pdu(pdu: Pdu) -> bytes:
 # --- field conversions ---------------------------------------------------------------
 
 
-def _syntax(raw: Container[Any]) -> SyntaxId:
-    return SyntaxId(uuid=uuid.UUID(bytes_le=raw.uuid), version=raw.version)
-
-
 def _syntax_fields(syntax: SyntaxId) -> _Fields:
     return {"uuid": syntax.uuid.bytes_le, "version": syntax.version}
+
+
+_KNOWN_SYNTAXES: Final = {
+    (syntax.uuid.bytes_le, syntax.version): syntax
+    for syntax in (
+        SyntaxId(KMS_INTERFACE, KMS_INTERFACE_VERSION),
+        SyntaxId(NDR32_SYNTAX, NDR32_VERSION),
+        SyntaxId(NDR64_SYNTAX, NDR64_VERSION),
+        SyntaxId(uuid.UUID(bytes_le=BTFN_PREFIX + b"\x03" + bytes(7)), 1),  # Windows' BTFN
+        SyntaxId(uuid.UUID(int=0), 0),  # rejections and negotiate_ack (spec 2.4)
+    )
+}
+"""The syntaxes of the KMS exchange (spec 2.1, 2.4), shared: building a UUID costs more
+than the rest of a context element. Any other syntax is built from its bytes."""
+
+
+def _syntax(raw: _Fields) -> SyntaxId:
+    key = (raw["uuid"], raw["version"])
+    known = _KNOWN_SYNTAXES.get(key)
+    return known if known is not None else SyntaxId(uuid.UUID(bytes_le=key[0]), key[1])
 
 
 def _port_string(raw: bytes) -> str:
@@ -211,22 +203,19 @@ def _port_string(raw: bytes) -> str:
 @lru_cache(maxsize=_PROPOSAL_MEMO)
 def _proposal(body: bytes) -> Mapping[str, Any]:
     """A bind or alter_context body's fields, read-only since repeated bodies share them."""
-    fast = _fastbind.proposal_fields(body)
-    if fast is not None:
-        return MappingProxyType(fast)
-    raw = schema.BIND_BODY.parse(body)
+    raw = _BIND.parse(body)
     return MappingProxyType(
         {
-            "max_xmit_frag": raw.max_xmit_frag,
-            "max_recv_frag": raw.max_recv_frag,
-            "assoc_group_id": raw.assoc_group_id,
+            "max_xmit_frag": raw["max_xmit_frag"],
+            "max_recv_frag": raw["max_recv_frag"],
+            "assoc_group_id": raw["assoc_group_id"],
             "contexts": tuple(
                 ContextElement(
-                    context_id=element.context_id,
-                    abstract_syntax=_syntax(element.abstract_syntax),
-                    transfer_syntaxes=tuple(_syntax(ts) for ts in element.transfer_syntaxes),
+                    context_id=element["context_id"],
+                    abstract_syntax=_syntax(element["abstract_syntax"]),
+                    transfer_syntaxes=tuple(_syntax(ts) for ts in element["transfer_syntaxes"]),
                 )
-                for element in raw.contexts
+                for element in raw["contexts"]
             ),
         }
     )
@@ -249,22 +238,19 @@ def _proposal_fields(pdu: Bind | AlterContext) -> _Fields:
 
 
 def _reply(body: bytes) -> _Fields:
-    fast = _fastbind.reply_fields(body)
-    if fast is not None:
-        return fast
-    raw = schema.BIND_ACK_BODY.parse(body)
+    raw = _BIND_ACK.parse(body)
     return {
-        "max_xmit_frag": raw.max_xmit_frag,
-        "max_recv_frag": raw.max_recv_frag,
-        "assoc_group_id": raw.assoc_group_id,
-        "secondary_address": _port_string(raw.sec_addr),
+        "max_xmit_frag": raw["max_xmit_frag"],
+        "max_recv_frag": raw["max_recv_frag"],
+        "assoc_group_id": raw["assoc_group_id"],
+        "secondary_address": _port_string(raw["sec_addr"]),
         "results": tuple(
             ContextResultItem(
-                result=item.result,
-                reason=item.reason,
-                transfer_syntax=_syntax(item.transfer_syntax),
+                result=item["result"],
+                reason=item["reason"],
+                transfer_syntax=_syntax(item["transfer_syntax"]),
             )
-            for item in raw.results
+            for item in raw["results"]
         ),
     }
 
@@ -288,47 +274,27 @@ def _reply_fields(pdu: BindAck | AlterContextResp) -> _Fields:
 
 
 def _bind_nak(body: bytes) -> _Fields:
-    raw = schema.BIND_NAK_BODY.parse(body)
+    raw = _BIND_NAK.parse(body)
     return {
-        "reject_reason": raw.provider_reject_reason,
-        "versions": tuple((version.major, version.minor) for version in raw.versions),
+        "reject_reason": raw["provider_reject_reason"],
+        "versions": tuple((version["major"], version["minor"]) for version in raw["versions"]),
     }
 
 
 def _request(body: bytes, pfc_flags: PFC) -> _Fields:
-    fast = _fastpdu.request_fields(body, pfc_flags)
-    if fast is not None:
-        return fast
-    raw = schema.REQUEST_BODY.parse(body, pfc_flags=pfc_flags)
-    return {
-        "alloc_hint": raw.alloc_hint,
-        "context_id": raw.context_id,
-        "opnum": raw.opnum,
-        "object_uuid": None if raw.object is None else uuid.UUID(bytes_le=raw.object),
-        "stub": raw.stub,
-    }
-
-
-def _response(body: bytes) -> _Fields:
-    fast = _fastpdu.response_fields(body)
-    if fast is not None:
-        return fast
-    raw = schema.RESPONSE_BODY.parse(body)
-    return {
-        "alloc_hint": raw.alloc_hint,
-        "context_id": raw.context_id,
-        "cancel_count": raw.cancel_count,
-        "stub": raw.stub,
-    }
+    raw = _REQUEST.parse(body, pfc_flags=pfc_flags)
+    raw_object = raw.pop("object")
+    raw["object_uuid"] = None if raw_object is None else uuid.UUID(bytes_le=raw_object)
+    return raw
 
 
 def _fault(body: bytes) -> _Fields:
-    raw = schema.FAULT_BODY.parse(body)
+    alloc_hint, context_id, cancel_count, status = _FAULT.unpack(body)
     return {
-        "alloc_hint": raw.alloc_hint,
-        "context_id": raw.context_id,
-        "cancel_count": raw.cancel_count,
-        "status": raw.status,
+        "alloc_hint": alloc_hint,
+        "context_id": context_id,
+        "cancel_count": cancel_count,
+        "status": status,
     }
 
 
@@ -340,6 +306,6 @@ _DECODERS: dict[int, _Decoder] = {
     PType.ALTER_CONTEXT_RESP: lambda body, common: AlterContextResp(**common, **_reply(body)),
     PType.BIND_NAK: lambda body, common: BindNak(**common, **_bind_nak(body)),
     PType.REQUEST: lambda body, common: Request(**common, **_request(body, common["pfc_flags"])),
-    PType.RESPONSE: lambda body, common: Response(**common, **_response(body)),
+    PType.RESPONSE: lambda body, common: Response(**common, **_RESPONSE.parse(body)),
     PType.FAULT: lambda body, common: Fault(**common, **_fault(body)),
 }

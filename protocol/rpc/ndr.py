@@ -2,8 +2,9 @@
 
 The operation takes ``(int requestSize, [size_is(requestSize)] byte* request)`` and
 returns ``(int* responseSize, [unique, size_is(, *responseSize)] byte** response)`` plus
-an HRESULT. The stubs are small fixed layouts, so they are packed with :mod:`struct`
-rather than a schema; the byte offsets are those of the spec tables.
+an HRESULT. The stub layouts are declared in :mod:`protocol.rpc.schema` and run by the
+readers and writers :mod:`protocol.layout` derives from them; this module adds the size
+rules of spec 3.2 and 3.4 that a layout cannot express.
 
 Server side: :func:`unwrap_request_stub`, :func:`wrap_response_stub`,
 :func:`wrap_error_stub`. Client side: :func:`wrap_request_stub`,
@@ -19,10 +20,12 @@ answers it with HRESULT 0x8007000D (spec 3.2, 10.11).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
+from typing import Final
 
-from protocol.errors import RPC_X_BAD_STUB_DATA, RpcFault
+from protocol.errors import RPC_X_BAD_STUB_DATA, MalformedPdu, RpcFault
+from protocol.layout import Layout
+from protocol.rpc import schema
 from protocol.rpc.constants import TransferSyntax
 
 __all__ = [
@@ -38,22 +41,18 @@ __all__ = [
 # The referent id Microsoft's NDR engine gives the first unique pointer (spec 3.4.1).
 UNIQUE_REFERENT_ID = 0x00020000
 
-# requestSize, then the conformance (max_count) of the byte array (spec 3.2.1, 3.2.2).
-_REQUEST_HEADER = {
-    TransferSyntax.NDR32: struct.Struct("<II"),
-    TransferSyntax.NDR64: struct.Struct("<I4xQ"),
+_REQUEST_STUB: Final = {
+    TransferSyntax.NDR32: Layout("NDR32 request stub", schema.NDR32_REQUEST_STUB, MalformedPdu),
+    TransferSyntax.NDR64: Layout("NDR64 request stub", schema.NDR64_REQUEST_STUB, MalformedPdu),
 }
-# *responseSize, referent id, max_count (spec 3.4.1, 3.4.2).
-_RESPONSE_HEADER = {
-    TransferSyntax.NDR32: struct.Struct("<III"),
-    TransferSyntax.NDR64: struct.Struct("<I4xQQ"),
+_RESPONSE_STUB: Final = {
+    TransferSyntax.NDR32: Layout("NDR32 response stub", schema.NDR32_RESPONSE_STUB, MalformedPdu),
+    TransferSyntax.NDR64: Layout("NDR64 response stub", schema.NDR64_RESPONSE_STUB, MalformedPdu),
 }
-# *responseSize 0 and a NULL referent (spec 3.4.3).
-_NULL_HEADER = {
-    TransferSyntax.NDR32: struct.Struct("<II"),
-    TransferSyntax.NDR64: struct.Struct("<I4xQ"),
+_ERROR_STUB: Final = {
+    TransferSyntax.NDR32: Layout("NDR32 error stub", schema.NDR32_ERROR_STUB, MalformedPdu),
+    TransferSyntax.NDR64: Layout("NDR64 error stub", schema.NDR64_ERROR_STUB, MalformedPdu),
 }
-_HRESULT = struct.Struct("<I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +61,6 @@ class StubResult:
 
     hresult: int
     payload: bytes | None
-
-
-def _pad4(length: int) -> bytes:
-    return bytes(-length % 4)
 
 
 def _bad_stub(message: str, call_id: int, context_id: int) -> RpcFault:
@@ -81,36 +76,40 @@ def unwrap_request_stub(
     the array's ``max_count``, and ``max_count`` bytes are present. Bytes after the
     array are ignored. ``call_id``/``context_id`` only label the raised fault.
     """
-    header = _REQUEST_HEADER[syntax]
-    if len(stub) < header.size:
-        raise _bad_stub(f"{syntax.name} request stub of {len(stub)} bytes", call_id, context_id)
-    request_size, max_count = header.unpack_from(stub)
+    try:
+        fields = _REQUEST_STUB[syntax].parse(stub)
+    except MalformedPdu as exc:
+        raise _bad_stub(f"{exc} ({len(stub)} bytes)", call_id, context_id) from exc
+    request_size, max_count = fields["request_size"], fields["max_count"]
     if request_size != max_count:
         raise _bad_stub(f"requestSize {request_size} != max_count {max_count}", call_id, context_id)
-    if max_count > len(stub) - header.size:
-        raise _bad_stub(
-            f"max_count {max_count} > {len(stub) - header.size} bytes present", call_id, context_id
-        )
-    return stub[header.size : header.size + max_count]
+    request: bytes = fields["request"]
+    return request
 
 
 def wrap_request_stub(kms_message: bytes, syntax: TransferSyntax) -> bytes:
     """Encode a KMS request as the [in] parameters of opnum 0 (spec 3.2.1, 3.2.2)."""
     size = len(kms_message)
-    return _REQUEST_HEADER[syntax].pack(size, size) + kms_message
+    fields = {"request_size": size, "max_count": size, "request": kms_message}
+    return _REQUEST_STUB[syntax].build(fields)
 
 
 def wrap_response_stub(kms_message: bytes, syntax: TransferSyntax) -> bytes:
     """Encode a successful answer: size, unique pointer, array, HRESULT 0 (spec 3.4.1/2)."""
     size = len(kms_message)
-    header = _RESPONSE_HEADER[syntax].pack(size, UNIQUE_REFERENT_ID, size)
-    # NDR order: the array, alignment to 4, then the return value (spec 3.4.1 note).
-    return header + kms_message + _pad4(size) + _HRESULT.pack(0)
+    fields = {
+        "response_size": size,
+        "referent_id": UNIQUE_REFERENT_ID,
+        "max_count": size,
+        "response": kms_message,
+        "hresult": 0,
+    }
+    return _RESPONSE_STUB[syntax].build(fields)
 
 
 def wrap_error_stub(hresult: int, syntax: TransferSyntax) -> bytes:
     """Encode a KMS-level failure: size 0, NULL pointer, HRESULT (spec 3.4.3; 12/20 bytes)."""
-    return _NULL_HEADER[syntax].pack(0, 0) + _HRESULT.pack(hresult)
+    return _ERROR_STUB[syntax].pack(0, 0, hresult)
 
 
 def unwrap_response_stub(stub: bytes, syntax: TransferSyntax, *, call_id: int = 0) -> StubResult:
@@ -120,23 +119,19 @@ def unwrap_response_stub(stub: bytes, syntax: TransferSyntax, *, call_id: int = 
     one with ``max_count == *responseSize`` and the array, padding and HRESULT filling
     the stub exactly.
     """
-    null_header = _NULL_HEADER[syntax]
-    if len(stub) < null_header.size + _HRESULT.size:
-        raise _bad_stub(f"{syntax.name} response stub of {len(stub)} bytes", call_id, 0)
-    size, referent = null_header.unpack_from(stub)
-    if referent == 0:
-        if size != 0 or len(stub) != null_header.size + _HRESULT.size:
-            raise _bad_stub("NULL response pointer with data", call_id, 0)
-        (hresult,) = _HRESULT.unpack_from(stub, null_header.size)
-        return StubResult(hresult=hresult, payload=None)
-    header = _RESPONSE_HEADER[syntax]
-    if len(stub) < header.size:
-        raise _bad_stub(f"{syntax.name} response stub of {len(stub)} bytes", call_id, 0)
-    _, _, max_count = header.unpack_from(stub)
-    expected = header.size + size + len(_pad4(size)) + _HRESULT.size
-    if max_count != size or len(stub) != expected:
+    error_stub = _ERROR_STUB[syntax]
+    try:
+        size, referent, hresult = error_stub.unpack(stub)  # the two layouts share their start
+        if referent == 0:
+            if size != 0 or len(stub) != error_stub.size:
+                raise _bad_stub("NULL response pointer with data", call_id, 0)
+            return StubResult(hresult=hresult, payload=None)
+        fields, end = _RESPONSE_STUB[syntax].read(stub)
+    except MalformedPdu as exc:
+        raise _bad_stub(f"{exc} ({len(stub)} bytes)", call_id, 0) from exc
+    max_count = fields["max_count"]
+    if max_count != size or end != len(stub):
         raise _bad_stub(
             f"responseSize {size}, max_count {max_count}, stub {len(stub)} bytes", call_id, 0
         )
-    (hresult,) = _HRESULT.unpack_from(stub, expected - _HRESULT.size)
-    return StubResult(hresult=hresult, payload=stub[header.size : header.size + size])
+    return StubResult(hresult=fields["hresult"], payload=fields["response"])

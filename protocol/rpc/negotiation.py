@@ -114,7 +114,7 @@ def negotiate(elements: tuple[ContextElement, ...], *, ndr64: bool, btfn: bool) 
     """Answer every proposed element (spec 2.5); ``btfn`` must be False for alter_context.
 
     A pure function of its arguments, all immutable, so its results are memoised: clients
-    of one kind propose the same elements on every connection (issue 7).
+    of one kind propose the same elements on every connection.
     """
     ndr64_possible = ndr64 and any(
         _is_kms_interface(element.abstract_syntax) and _NDR64_ID in element.transfer_syntaxes

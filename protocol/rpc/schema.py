@@ -19,23 +19,26 @@ chapter 12 and [MS-RPCE] 2.2.2:
   because Microsoft and vlmcsd leave stale bytes there.
 * The request object UUID is present only when ``PFC_OBJECT_UUID`` is set in the
   header (spec 3.2); the codec passes ``pfc_flags`` as a context parameter.
+* The NDR32 / NDR64 stubs of RequestActivation (spec 3.2, 3.4): the request's two size
+  fields and array, the response's size, unique pointer, array and HRESULT, and the
+  NULL-pointer error stub. :mod:`protocol.rpc.ndr` checks their size rules.
 
 GUIDs stay raw 16-byte strings here; the codec turns them into :class:`uuid.UUID`.
+Lengths, counts and conditions are ``construct`` expressions of ``this`` (not lambdas), so
+that :mod:`protocol.layout` derives the runtime reader and writer from these declarations.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from construct import (
     Array,
     Bytes,
-    Container,
     GreedyBytes,
     If,
     Int8ul,
     Int16ul,
     Int32ul,
+    Int64ul,
     Padding,
     Rebuild,
     Struct,
@@ -52,6 +55,12 @@ __all__ = [
     "BIND_NAK_BODY",
     "COMMON_HEADER_SIZE",
     "FAULT_BODY",
+    "NDR32_ERROR_STUB",
+    "NDR32_REQUEST_STUB",
+    "NDR32_RESPONSE_STUB",
+    "NDR64_ERROR_STUB",
+    "NDR64_REQUEST_STUB",
+    "NDR64_RESPONSE_STUB",
     "REQUEST_BODY",
     "RESPONSE_BODY",
     "CommonHeader",
@@ -110,12 +119,6 @@ ContextResult = Struct(
 )
 
 
-def _port_spec_padding(ctx: Container[Any]) -> int:
-    """Bytes that align ``n_results`` to 4 from the PDU start (spec 2.3: A = align4(26 + L))."""
-    length: int = ctx.sec_addr_len
-    return -(_PORT_SPEC_OFFSET + length) % 4
-
-
 # bind_ack (0x0C) and alter_context_resp (0x0F) after the common header (spec 2.3).
 # ``sec_addr`` includes the terminating NUL; it is empty in an alter_context_resp.
 BIND_ACK_BODY = Struct(
@@ -124,7 +127,7 @@ BIND_ACK_BODY = Struct(
     "assoc_group_id" / Int32ul,
     "sec_addr_len" / Rebuild(Int16ul, len_(this.sec_addr)),
     "sec_addr" / Bytes(this.sec_addr_len),
-    Padding(_port_spec_padding),
+    Padding(-(_PORT_SPEC_OFFSET + this.sec_addr_len) % 4),  # A = align4(26 + L), spec 2.3
     "n_results" / Rebuild(Int8ul, len_(this.results)),
     Padding(3),
     "results" / Array(this.n_results, ContextResult),
@@ -136,12 +139,8 @@ BIND_NAK_BODY = Struct(
     "provider_reject_reason" / Int16ul,
     "n_protocols" / Rebuild(Int8ul, len_(this.versions)),
     "versions" / Array(this.n_protocols, Struct("major" / Int8ul, "minor" / Int8ul)),
-    Padding(lambda ctx: -(COMMON_HEADER_SIZE + 3 + 2 * ctx.n_protocols) % 4),
+    Padding(-(COMMON_HEADER_SIZE + 3 + 2 * this.n_protocols) % 4),
 )
-
-
-def _has_object_uuid(ctx: Container[Any]) -> bool:
-    return bool(ctx._params.pfc_flags & PFC.OBJECT_UUID)
 
 
 # request (0x00) after the common header (spec 3.2). Parse and build with the
@@ -150,7 +149,7 @@ REQUEST_BODY = Struct(
     "alloc_hint" / Int32ul,
     "context_id" / Int16ul,
     "opnum" / Int16ul,
-    "object" / If(_has_object_uuid, Bytes(16)),
+    "object" / If(this._params.pfc_flags & int(PFC.OBJECT_UUID), Bytes(16)),
     "stub" / GreedyBytes,
 )
 
@@ -171,4 +170,51 @@ FAULT_BODY = Struct(
     Padding(1),
     "status" / Int32ul,
     Padding(4),
+)
+
+# RequestActivation's [in] parameters (spec 3.2.1, 3.2.2): requestSize, the conformant
+# array's max_count, the array. Bytes after the array are not read.
+NDR32_REQUEST_STUB = Struct(
+    "request_size" / Int32ul,
+    "max_count" / Int32ul,
+    "request" / Bytes(this.max_count),
+)
+NDR64_REQUEST_STUB = Struct(
+    "request_size" / Int32ul,
+    Padding(4),
+    "max_count" / Int64ul,
+    "request" / Bytes(this.max_count),
+)
+
+# The [out] parameters of a success (spec 3.4.1, 3.4.2): *responseSize, the unique
+# pointer's referent id, max_count, the array, alignment to 4, then the HRESULT.
+NDR32_RESPONSE_STUB = Struct(
+    "response_size" / Int32ul,
+    "referent_id" / Int32ul,
+    "max_count" / Int32ul,
+    "response" / Bytes(this.max_count),
+    Padding(-this.max_count % 4),
+    "hresult" / Int32ul,
+)
+NDR64_RESPONSE_STUB = Struct(
+    "response_size" / Int32ul,
+    Padding(4),
+    "referent_id" / Int64ul,
+    "max_count" / Int64ul,
+    "response" / Bytes(this.max_count),
+    Padding(-this.max_count % 4),
+    "hresult" / Int32ul,
+)
+
+# The [out] parameters of a KMS-level failure (spec 3.4.3): size 0, a NULL pointer, HRESULT.
+NDR32_ERROR_STUB = Struct(
+    "response_size" / Int32ul,
+    "referent_id" / Int32ul,
+    "hresult" / Int32ul,
+)
+NDR64_ERROR_STUB = Struct(
+    "response_size" / Int32ul,
+    Padding(4),
+    "referent_id" / Int64ul,
+    "hresult" / Int32ul,
 )

@@ -23,11 +23,13 @@ NAME_OFFSET = 108
 
 
 def test_guid_is_mixed_endian() -> None:
-    # Spec 0.1's example: the KMS interface UUID and its wire bytes.
+    # Spec 0.1's example: the KMS interface UUID and its wire bytes, as the ApplicationId
+    # field of a base request (offset 16, spec 4.2).
     wire = h("7521c8514e845047b0d8ec255555bc06")
     value = uuid.UUID("51c82175-844e-4750-b0d8-ec255555bc06")
-    assert schema.Guid.parse(wire) == value
-    assert schema.Guid.build(value) == wire
+    request = codec.parse_request(BASE_REQUEST[:16] + wire + BASE_REQUEST[32:])
+    assert request.application_id == value
+    assert codec.build_request(request)[16:32] == wire
 
 
 def test_base_request_triad() -> None:

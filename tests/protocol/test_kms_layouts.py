@@ -1,24 +1,30 @@
-"""The struct codec agrees with the construct codec, its schema of record, on everything.
+"""The KMS layouts as derived (protocol.layout) give construct's own answers on everything.
 
-Same result or the same error type (KmsMalformed) for: every captured conversation and spec
+``protocol.kms.schema`` is the one declaration of every layout; the codec runs it through
+the readers and writers derived from it. With ``construct`` interpreting the same
+declarations instead (``interpreted``, every memo cleared), each codec function gives the
+same result, or KmsMalformed on both paths, for: every captured conversation and spec
 vector, generated messages, arbitrary and truncated bytes, and out-of-range values to build.
+The expected bytes themselves come from the captures and the spec vectors.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from construct import Struct
 from hypothesis import given
 from hypothesis import strategies as st
+from interpreted import layouts, outcome
+from interpreted import same as same_outcome
 from kms_strategies import blocks, requests, responses
 from kms_vectors import captured_calls, h, spec_request, spec_response, spec_vectors
 
 from protocol.errors import KmsMalformed
-from protocol.kms import ProtocolVersion, _fastcodec, codec
+from protocol.kms import ProtocolVersion, codec, schema
 from protocol.kms._primitives import ZERO_BLOCK, cipher_for, strip_pkcs7
 
 CALLS = captured_calls()
@@ -31,23 +37,22 @@ PARSERS = ["parse_version", "parse_request", "parse_v4_request", "parse_envelope
 
 
 def same(name: str, *args: Any) -> Any:
-    """Call ``name`` in both codecs; assert equal results or KmsMalformed from both."""
-    reference: Callable[..., Any] = getattr(codec, name)
-    fast: Callable[..., Any] = getattr(_fastcodec, name)
-    try:
-        expected = reference(*args)
-    except KmsMalformed:
-        with pytest.raises(KmsMalformed):
-            fast(*args)
+    """``codec.<name>`` on both paths: the result, or None once both raised KmsMalformed."""
+    result = same_outcome(getattr(codec, name), *args)
+    if result[0] == "error":
+        assert result[1] is KmsMalformed
         return None
-    assert fast(*args) == expected
-    return expected
+    return result[1]
 
 
-def test_every_codec_function_has_a_twin() -> None:
-    assert sorted(_fastcodec.__all__) == sorted(
-        name for name in codec.__all__ if name.startswith(("parse_", "build_"))
-    )
+def test_every_schema_declaration_is_run_by_exactly_one_derived_layout() -> None:
+    declared = [value for value in vars(schema).values() if isinstance(value, Struct)]
+    derived = [layout.declaration for owner, _, layout in layouts() if owner is codec]
+    assert sorted(map(id, derived)) == sorted(map(id, declared))
+
+
+def test_the_codec_fails_alike_outside_its_layouts() -> None:
+    assert outcome(codec.parse_request, b"\x00\x00\x07\x00" + bytes(232))[1] is KmsMalformed
 
 
 def _payload(message: bytes, version: ProtocolVersion) -> bytes:
@@ -148,10 +153,10 @@ def test_bad_v4_parts_fail_in_both(base: bytes, mac: bytes) -> None:
 def test_product_guid_cache_stays_bounded_and_correct() -> None:
     base = bytearray(codec.build_request(spec_request(ProtocolVersion.V6)))
     offsets = {"application_id": 16, "sku_id": 32, "kms_counted_id": 48}  # spec 4.2
-    for n in range(_fastcodec.MAX_PRODUCT_GUIDS + 50):
+    for n in range(codec.MAX_PRODUCT_GUIDS + 50):
         ids = {field: uuid.UUID(int=(n << 8) | i) for i, field in enumerate(offsets)}
         for field, offset in offsets.items():
             base[offset : offset + 16] = ids[field].bytes_le
-        parsed = _fastcodec.parse_request(bytes(base))
+        parsed = codec.parse_request(bytes(base))
         assert {field: getattr(parsed, field) for field in offsets} == ids
-    assert len(_fastcodec._PRODUCT_GUIDS) <= _fastcodec.MAX_PRODUCT_GUIDS
+    assert len(codec._PRODUCT_GUIDS) <= codec.MAX_PRODUCT_GUIDS

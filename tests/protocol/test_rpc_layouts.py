@@ -1,28 +1,30 @@
-"""The RPC codec gives the same answers with and without its struct fast paths.
+"""The RPC layouts as derived (protocol.layout) give construct's own answers, and the spec's.
 
-``construct`` (protocol.rpc.schema) is the layout of record: every captured PDU, generated
-requests, responses, binds, alter_contexts and their acks, and arbitrary, mutated or
-truncated bytes parse and build identically on both paths, errors included (same type, same
-message, same call_id).
+``protocol.rpc.schema`` is the one declaration of every layout; the codec runs it through
+the readers and writers derived from it. Every captured PDU, generated requests, responses,
+binds, alter_contexts and their acks, and arbitrary, mutated or truncated bytes parse and
+build identically when ``construct`` interprets the same declarations (``interpreted``,
+every memo cleared), errors included (same type, same call_id). Fields of the negotiation
+PDUs are also checked at the byte offsets of the spec tables, which no shared declaration
+can fake.
 """
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
+from construct import Struct
 from hypothesis import given
 from hypothesis import strategies as st
+from interpreted import Interpreted, interpreted, layouts, same
 from rpc_vectors import all_exchanges
 
-from protocol.errors import MalformedPdu
-from protocol.rpc import _fastbind, _fastpdu, schema
+from protocol.rpc import codec, ndr, schema
 from protocol.rpc.codec import build_pdu, parse_header, parse_pdu
-from protocol.rpc.constants import PFC, PType
+from protocol.rpc.constants import PFC, PType, TransferSyntax
 from protocol.rpc.negotiation import KMS_INTERFACE_ID, NULL_SYNTAX, SYNTAX_IDS, btfn_syntax
 from protocol.rpc.pdus import (
     AlterContext,
@@ -31,104 +33,43 @@ from protocol.rpc.pdus import (
     BindAck,
     ContextElement,
     ContextResultItem,
+    Fault,
     Request,
     Response,
     SyntaxId,
 )
 
 EXCHANGES = all_exchanges()
-FAST = (
-    (_fastpdu, "parse_header"),
-    (_fastpdu, "request_fields"),
-    (_fastpdu, "response_fields"),
-    (_fastpdu, "build_request"),
-    (_fastpdu, "build_response"),
-    (_fastbind, "proposal_fields"),
-    (_fastbind, "reply_fields"),
-    (_fastbind, "build_proposal"),
-    (_fastbind, "build_reply"),
-)
 NEGOTIATION = ("bind", "bind_ack", "alter_context", "alter_context_resp")
-
-
-@contextlib.contextmanager
-def construct_only() -> Iterator[None]:
-    """Make every fast path decline, so that the codec takes the construct one."""
-    saved = [(module, name, getattr(module, name)) for module, name in FAST]
-    try:
-        for module, name, _ in saved:
-            setattr(module, name, lambda *_: None)
-        yield
-    finally:
-        for module, name, function in saved:
-            setattr(module, name, function)
-
-
-def outcome(function: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return ("ok", function(*args))
-    except MalformedPdu as exc:
-        return ("error", str(exc), exc.call_id)
-
-
-def same(function: Callable[..., Any], *args: Any) -> Any:
-    fast = outcome(function, *args)
-    with construct_only():
-        reference = outcome(function, *args)
-    assert fast == reference
-    return fast
-
-
-def build_outcome(pdu: Any) -> tuple[object, ...]:
-    try:
-        return ("ok", build_pdu(pdu))
-    except Exception as exc:  # noqa: BLE001 - the two paths must fail alike
-        return ("error", type(exc), str(exc))
+NESTED = {"SyntaxId", "ContextElement", "ContextResult", "ALTER_CONTEXT_BODY"}
 
 
 def built_alike(pdu: Any) -> bytes | None:
     """``build_pdu(pdu)`` once both paths gave the same bytes or the same error (then None)."""
-    fast = build_outcome(pdu)
-    with construct_only():
-        assert build_outcome(pdu) == fast
-    built = fast[1]
-    return built if isinstance(built, bytes) else None
+    built = same(build_pdu, pdu)
+    return built[1] if built[0] == "ok" else None  # type: ignore[return-value]
 
 
-def test_construct_only_disables_every_fast_path() -> None:
-    public = {(_fastpdu, name) for name in _fastpdu.__all__ if name != "with_header"}
-    assert public | {(_fastbind, name) for name in _fastbind.__all__} == set(FAST)
+def test_every_schema_declaration_is_run_by_exactly_one_derived_layout() -> None:
+    declared = {
+        name: value
+        for name, value in vars(schema).items()
+        if isinstance(value, Struct) and name not in NESTED
+    }
+    derived = [layout.declaration for owner, _, layout in layouts() if owner in (codec, ndr)]
+    derived += [
+        layout.declaration
+        for owner, _, layout in layouts()
+        if isinstance(owner, dict) and owner in vars(ndr).values()
+    ]
+    assert sorted(id(d) for d in derived) == sorted(id(d) for d in declared.values())
 
 
-def test_the_fast_paths_are_taken() -> None:
-    data = EXCHANGES[0][1].data
-    assert _fastpdu.parse_header(data) == parse_header(data)
-
-
-class _Unreachable:
-    """Stands in for a construct layout that the fast path should make unnecessary."""
-
-    def parse(self, *_: object) -> NoReturn:
-        raise AssertionError("the construct path was taken")
-
-    build = parse
-
-
-@pytest.mark.parametrize(
-    "exchange",
-    [e for _, e in EXCHANGES if e.ptype in NEGOTIATION],
-    ids=[i for i, e in EXCHANGES if e.ptype in NEGOTIATION],
-)
-def test_the_fast_paths_are_taken_for_captured_negotiations(
-    exchange: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with construct_only():
-        expected = parse_pdu(exchange.data)
-        rebuilt = build_pdu(expected)
-    monkeypatch.setattr(schema, "BIND_BODY", _Unreachable())
-    monkeypatch.setattr(schema, "BIND_ACK_BODY", _Unreachable())
-    assert parse_pdu(exchange.data) == expected
-    assert build_pdu(expected) == rebuilt
+def test_the_interpreted_path_is_taken() -> None:
+    with interpreted():
+        assert isinstance(codec._BIND, Interpreted)
+        assert parse_pdu(EXCHANGES[0][1].data) is not None
+    assert not isinstance(codec._BIND, Interpreted)
 
 
 @pytest.mark.parametrize("exchange", [e for _, e in EXCHANGES], ids=[i for i, _ in EXCHANGES])
@@ -374,3 +315,124 @@ OUT_OF_RANGE = {
 @pytest.mark.parametrize("pdu", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE.keys())
 def test_unbuildable_negotiation_pdus_fail_alike(pdu: Any) -> None:
     assert built_alike(pdu) is None
+
+
+# --- the spec tables' offsets (spec 2.2, 2.3, 3.2, 3.3, 3.5) ------------------------------
+
+
+def le(value: int, size: int) -> bytes:
+    return value.to_bytes(size, "little")
+
+
+def test_bind_fields_sit_at_the_spec_offsets() -> None:
+    element = ContextElement(0x0405, KMS_INTERFACE_ID, (NDR32,))
+    pdu = Bind(
+        call_id=0x01020304,
+        max_xmit_frag=0x1234,
+        max_recv_frag=0x5678,
+        assoc_group_id=0x9ABCDEF0,
+        contexts=(element,),
+    )
+    wire = built_alike(pdu)
+    assert wire is not None
+    assert (wire[2], wire[8:10], wire[12:16]) == (0x0B, le(len(wire), 2), le(0x01020304, 4))
+    assert wire[16:18] == le(0x1234, 2)  # max_xmit_frag
+    assert wire[18:20] == le(0x5678, 2)  # max_recv_frag
+    assert wire[20:24] == le(0x9ABCDEF0, 4)  # assoc_group_id
+    assert wire[24:28] == b"\x01\x00\x00\x00"  # n_context_elem, 3 reserved
+    assert wire[28:32] == le(0x0405, 2) + b"\x01\x00"  # p_cont_id, n_transfer_syn, reserved
+    assert wire[32:52] == KMS_INTERFACE_ID.uuid.bytes_le + le(KMS_INTERFACE_ID.version, 4)
+    assert wire[52:72] == NDR32.uuid.bytes_le + le(NDR32.version, 4)
+    assert len(wire) == 72
+    assert parse_pdu(wire) == pdu
+
+
+def test_bind_ack_fields_sit_at_the_spec_offsets() -> None:
+    result = ContextResultItem(0x0002, 0x0003, NDR32)
+    pdu = BindAck(
+        call_id=2,
+        max_xmit_frag=0x1234,
+        max_recv_frag=0x5678,
+        assoc_group_id=0x9ABCDEF0,
+        secondary_address="1688",
+        results=(result,),
+    )
+    wire = built_alike(pdu)
+    assert wire is not None
+    assert (wire[16:18], wire[18:20], wire[20:24]) == (
+        le(0x1234, 2),
+        le(0x5678, 2),
+        le(0x9ABCDEF0, 4),
+    )
+    assert wire[24:26] == le(5, 2)  # sec_addr.length counts the NUL
+    assert wire[26:31] == b"1688\0"
+    assert wire[31:32] == b"\0"  # padding to align4(26 + 5) = 32
+    assert wire[32:36] == b"\x01\x00\x00\x00"  # n_results, 3 reserved
+    assert wire[36:40] == le(2, 2) + le(3, 2)  # result, reason
+    assert wire[40:60] == NDR32.uuid.bytes_le + le(NDR32.version, 4)
+    assert parse_pdu(wire) == pdu
+
+
+def test_request_response_and_fault_fields_sit_at_the_spec_offsets() -> None:
+    object_uuid = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
+    request = Request(
+        call_id=9,
+        alloc_hint=0x11223344,
+        context_id=0x0506,
+        opnum=0x0708,
+        object_uuid=object_uuid,
+        stub=b"stub",
+    )
+    wire = built_alike(request)
+    assert wire is not None
+    assert wire[3] & PFC.OBJECT_UUID
+    assert (wire[16:20], wire[20:22], wire[22:24]) == (
+        le(0x11223344, 4),
+        le(0x0506, 2),
+        le(0x0708, 2),
+    )
+    assert (wire[24:40], wire[40:]) == (object_uuid.bytes_le, b"stub")
+    response = Response(call_id=9, alloc_hint=4, context_id=0x0506, cancel_count=7, stub=b"ok")
+    wire = built_alike(response)
+    assert wire is not None
+    assert (wire[16:20], wire[20:22], wire[22:24], wire[24:]) == (
+        le(4, 4),
+        le(0x0506, 2),
+        b"\x07\0",
+        b"ok",
+    )
+    fault = Fault(call_id=9, alloc_hint=0, context_id=0x0506, cancel_count=0, status=0x1C010003)
+    wire = built_alike(fault)
+    assert wire is not None
+    assert (wire[20:22], wire[24:28], wire[28:32], len(wire)) == (
+        le(0x0506, 2),
+        le(0x1C010003, 4),
+        bytes(4),
+        32,
+    )
+    assert parse_pdu(wire) == fault
+
+
+# --- the NDR stubs of RequestActivation (spec 3.2, 3.4) -----------------------------------
+
+
+@given(st.binary(max_size=300), st.sampled_from(list(TransferSyntax)))
+def test_generated_stubs_agree_and_round_trip(message: bytes, syntax: TransferSyntax) -> None:
+    request = same(ndr.wrap_request_stub, message, syntax)
+    assert same(ndr.unwrap_request_stub, request[1], syntax) == ("ok", message)
+    response = same(ndr.wrap_response_stub, message, syntax)
+    assert same(ndr.unwrap_response_stub, response[1], syntax) == (
+        "ok",
+        ndr.StubResult(0, message),
+    )
+    error = same(ndr.wrap_error_stub, len(message), syntax)
+    assert same(ndr.unwrap_response_stub, error[1], syntax) == (
+        "ok",
+        ndr.StubResult(len(message), None),
+    )
+
+
+@given(st.binary(max_size=64), st.sampled_from(list(TransferSyntax)))
+def test_arbitrary_stubs_agree(stub: bytes, syntax: TransferSyntax) -> None:
+    same(ndr.unwrap_request_stub, stub, syntax)
+    same(ndr.unwrap_response_stub, stub, syntax)
