@@ -2,30 +2,33 @@
 
 Why: every wire layout is declared once, with ``construct``, in the ``schema`` module of its
 layer (architecture 4.2). Interpreting a ``construct`` Struct field by field costs far more
-than the protocol's work per message, so each declaration is turned, at import, into a plan
-of ``struct.Struct`` runs and bounded variable-length steps. The plan is derived from the
-declaration, never written beside it: a declaration that uses a construct this module does
-not know is refused at import with ``TypeError``, so a field cannot be read one way by
-``construct`` and another way here. ``tests/protocol/test_layout.py`` holds the plan to the
-interpreted declaration on captured bytes and generated values.
+than the protocol's work per message, so each declaration is compiled, at import, into one
+reader and one writer function, as ``construct``'s own ``compile()`` does, but for the few
+constructs the schemas use and with plain dicts instead of Containers. The functions are
+derived from the declaration, never written beside it: a declaration that uses a construct
+this module does not know is refused at import with ``TypeError``, so a field cannot be read
+one way by ``construct`` and another way here. ``tests/protocol/test_rpc_layouts.py`` and
+``test_kms_layouts.py`` hold the derived functions to the interpreted declaration.
 
 What the schemas may use: little-endian integers (``Int8ul`` ... ``Int64ul``), ``Bytes`` of a
-fixed length or of a length given by an earlier field (``this.x``), ``Padding`` of a fixed or
-computed length, ``Rebuild`` (computed when building, read as written), ``Array`` whose count
-is an earlier field, ``If`` around a fixed-size field, a nested ``Struct``, and a final
-``GreedyBytes``. Lengths and conditions are ``construct`` expressions (``this``, ``len_``),
-which evaluate on the plain dicts used here as they do on construct's Containers; build-time
-parameters (``pfc_flags=...``) are visible as ``this._params`` exactly as in ``construct``.
+fixed length or of a length given by an earlier field, ``Padding`` of a fixed or computed
+length, ``Rebuild`` (computed when building, read as written), ``Array`` whose count is an
+earlier field, ``If`` around a fixed-size ``Bytes``, a nested ``Struct``, and a final
+``GreedyBytes``. Lengths, counts and conditions are ``construct`` expressions of ``this``
+(field references, arithmetic, ``len_``); build-time parameters (``pfc_flags=...``) are
+``this._params`` exactly as in ``construct``. Consecutive fixed-size fields become one
+``struct.Struct``.
 
 Every read is bounded by the data it is given, and every failure, in either direction, is
-raised as the one malformed-input error of the layer that owns the layout.
+raised as the one malformed-input error of the layer that owns the layout. The generated
+source is kept on the layout (:attr:`Layout.source`) for anyone who wants to read it.
 """
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable, Mapping
-from operator import itemgetter
 from typing import Any, Final
 
 from construct import (
@@ -47,288 +50,217 @@ from protocol.errors import ProtocolError
 
 __all__ = ["Layout"]
 
-_Context = dict[str, Any]
-_Expression = Callable[[_Context], Any]
 _FORMATS: Final = frozenset("BHILQ")
+_FAILURES: Final = (struct.error, TypeError, ValueError, KeyError, AttributeError, OverflowError)
+
+_Field = tuple[str | None, str, int | None, str | None]
+"""A fixed-size field: name (None for padding), struct format, byte length, Rebuild source."""
+_OPERATORS: Final = {
+    operator.add: "+",
+    operator.sub: "-",
+    operator.mul: "*",
+    operator.floordiv: "//",
+    operator.mod: "%",
+    operator.and_: "&",
+    operator.or_: "|",
+    operator.xor: "^",
+    operator.lshift: "<<",
+    operator.rshift: ">>",
+    operator.neg: "-",
+    operator.eq: "==",
+    operator.ne: "!=",
+    operator.lt: "<",
+    operator.le: "<=",
+    operator.gt: ">",
+    operator.ge: ">=",
+}
+"""The operators a length, count or condition may use, as Python spells them."""
+_Reader = Callable[[bytes, int, dict[str, Any]], int]
+_Writer = Callable[[Mapping[str, Any], list[bytes]], None]
 
 
-def _expression(value: object) -> _Expression:
-    """A construct length, count or condition as a plain closure over the values so far.
+def _expression(value: object) -> str:
+    """Python source for a construct length, count or condition, over the dict ``this``.
 
-    ``construct`` evaluates ``this`` expressions by walking their objects on every call;
-    the schemas use few of them (field references, arithmetic, ``len_``), so each is turned
-    into a closure once. Anything else is refused, as for the layouts themselves.
+    Fully parenthesised from the expression's tree, so that precedence is construct's.
     """
-    if not callable(value):
-        return lambda _context: value
-    parts = vars(value)  # construct's expression classes keep their operands private
+    if isinstance(value, int) and not isinstance(value, bool):
+        return repr(value)
+    parts = vars(value) if callable(value) else {}  # construct keeps the operands private
     if isinstance(value, Path):
-        return _path(parts["_Path__field"], parts["_Path__parent"])
+        parent = parts["_Path__parent"]
+        return "this" if parent is None else f"{_expression(parent)}[{parts['_Path__field']!r}]"
     if isinstance(value, BinExpr):
-        op, left, right = parts["op"], _expression(parts["lhs"]), _expression(parts["rhs"])
-        return lambda context: op(left(context), right(context))
+        left, right = _expression(parts["lhs"]), _expression(parts["rhs"])
+        return f"({left} {_operator(parts['op'])} {right})"
     if isinstance(value, UniExpr):
-        unary, operand = parts["op"], _expression(parts["operand"])
-        return lambda context: unary(operand(context))
-    if isinstance(value, FuncPath) and parts["_FuncPath__operand"] is not None:
-        function, argument = parts["_FuncPath__func"], _expression(parts["_FuncPath__operand"])
-        return lambda context: function(argument(context))
+        return f"({_operator(parts['op'])} {_expression(parts['operand'])})"
+    if isinstance(value, FuncPath) and parts["_FuncPath__func"] is len:
+        return f"len({_expression(parts['_FuncPath__operand'])})"
     raise TypeError(f"{value!r} is not an expression this module derives")
 
 
-def _path(field: str | None, parent: Path[Any] | None) -> _Expression:
-    """``this``, ``this.x`` or ``this.x.y`` (``_params`` included) as dict lookups."""
-    if parent is None:
-        return lambda context: context
-    if vars(parent)["_Path__parent"] is None:
-        return itemgetter(field)
-    outer = _expression(parent)
-    return lambda context: outer(context)[field]
+def _operator(function: object) -> str:
+    spelling: str | None = _OPERATORS.get(function)  # type: ignore[call-overload]
+    if spelling is None:
+        raise TypeError(f"{function!r} is not an operator this module derives")
+    return spelling
 
 
-class _Run:
-    """Consecutive fixed-size fields, read and written with one ``struct.Struct``."""
+class _Compiler:
+    """Emits the reader and writer of a Struct (and of the Structs nested in it)."""
 
-    __slots__ = ("fetch", "names", "rebuilds", "size", "sizes", "struct")
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.namespace: dict[str, Any] = {"Error": struct.error}
+        self.rebuilds: dict[str, bool] = {}  # per writer: stores computed fields in its values
 
-    def __init__(self, fields: list[tuple[str | None, str, int | None, object]]) -> None:
-        self.struct = struct.Struct("<" + "".join(fmt for _, fmt, _, _ in fields))
-        self.size = self.struct.size
-        named = [(name, size, rebuild) for name, _, size, rebuild in fields if name is not None]
-        self.names = tuple(name for name, _, _ in named)
-        self.fetch: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
-            itemgetter(*self.names) if len(self.names) > 1 else lambda c: (c[self.names[0]],)
-        )
-        # Byte fields, whose length struct would pad or cut silently; Rebuild fields.
-        self.sizes = tuple((i, size) for i, (_, size, _) in enumerate(named) if size is not None)
-        self.rebuilds = tuple(
-            (name, _expression(rebuild)) for name, _, rebuild in named if rebuild is not None
-        )
-
-    def read(self, data: bytes, offset: int, context: _Context) -> int:
-        context.update(zip(self.names, self.struct.unpack_from(data, offset), strict=True))
-        return offset + self.size
-
-    def write(self, context: _Context, out: list[bytes]) -> None:
-        for name, rebuild in self.rebuilds:
-            context[name] = rebuild(context)
-        values = self.fetch(context)
-        _check_sizes(self.sizes, values)
-        out.append(self.struct.pack(*values))
-
-
-class _Step:
-    """One variable-length part of a layout, named ``name`` in the parsed values."""
-
-    __slots__ = ("expression", "inner", "name")
-
-    def __init__(self, name: str, expression: object = None, inner: Any = None) -> None:
-        self.name, self.inner = name, inner
-        self.expression = _expression(expression)
-
-
-class _VarBytes(_Step):
-    def read(self, data: bytes, offset: int, context: _Context) -> int:
-        end: int = offset + self.expression(context)
-        if end > len(data):
-            raise struct.error(f"{self.name} needs {end - offset} bytes, {len(data) - offset} left")
-        context[self.name] = bytes(data[offset:end])
-        return end
-
-    def write(self, context: _Context, out: list[bytes]) -> None:
-        raw = context[self.name]
-        if len(raw) != self.expression(context):
-            raise struct.error(f"{self.name} is {len(raw)} bytes, its length field says otherwise")
-        out.append(raw)
-
-
-class _Pad(_Step):
-    def read(self, data: bytes, offset: int, context: _Context) -> int:
-        end: int = offset + self.expression(context)
-        if end > len(data):
-            raise struct.error(f"padding needs {end - offset} bytes, {len(data) - offset} left")
-        return end
-
-    def write(self, context: _Context, out: list[bytes]) -> None:
-        out.append(bytes(self.expression(context)))
-
-
-class _Optional(_Step):
-    """``If(condition, Bytes(n))``: the field is there, or None."""
-
-    def read(self, data: bytes, offset: int, context: _Context) -> int:
-        if not self.expression(context):
-            context[self.name] = None
-            return offset
-        end: int = offset + self.inner
-        if end > len(data):
-            raise struct.error(f"{self.name} needs {self.inner} bytes, {len(data) - offset} left")
-        context[self.name] = bytes(data[offset:end])
-        return end
-
-    def write(self, context: _Context, out: list[bytes]) -> None:
-        if self.expression(context):
-            raw = context[self.name]
-            _check_sizes(((0, self.inner),), (raw,))
-            out.append(bytes(raw))
-
-
-class _Nested(_Step):
-    def read(self, data: bytes, offset: int, context: _Context) -> int:
-        values, end = self.inner.read_from(data, offset, {})
-        context[self.name] = values
-        return int(end)
-
-    def write(self, context: _Context, out: list[bytes]) -> None:
-        self.inner.write_to(context[self.name], out)
-
-
-class _Array(_Step):
-    def read(self, data: bytes, offset: int, context: _Context) -> int:
-        items = []
-        read_from = self.inner.read_from
-        for _ in range(self.expression(context)):
-            item, offset = read_from(data, offset, {})
-            items.append(item)
-        context[self.name] = items
-        return offset
-
-    def write(self, context: _Context, out: list[bytes]) -> None:
-        items = context[self.name]
-        if len(items) != self.expression(context):
-            raise struct.error(
-                f"{self.name} has {len(items)} items, its count field says otherwise"
-            )
-        for item in items:
-            self.inner.write_to(item, out)
-
-
-class _Rest(_Step):
-    def read(self, data: bytes, offset: int, context: _Context) -> int:
-        context[self.name] = bytes(data[offset:])
-        return len(data)
-
-    def write(self, context: _Context, out: list[bytes]) -> None:
-        out.append(context[self.name])
-
-
-def _check_sizes(sizes: tuple[tuple[int, int], ...], values: tuple[Any, ...]) -> None:
-    for index, size in sizes:
-        value = values[index]
-        if not isinstance(value, bytes | bytearray) or len(value) != size:
-            raise struct.error(f"a {size}-byte field was given {type(value).__name__}")
-
-
-class Layout:
-    """One ``construct`` Struct of a schema, run by the plan derived from it.
-
-    ``declaration`` stays the layout of record (``construct`` can parse and build with it,
-    as the tests do); :meth:`read`, :meth:`parse` and :meth:`build` give the same values as
-    its ``parse``/``build``, with byte fields as ``bytes`` and arrays as lists of dicts.
-    A layout of fixed-size fields only also offers :meth:`unpack` and :meth:`pack`, on
-    tuples in declaration order, for the messages of every activation.
-    """
-
-    __slots__ = ("_error", "_fixed", "_rebuilds", "_steps", "declaration", "name", "names", "size")
-
-    def __init__(self, name: str, declaration: Struct, error: type[ProtocolError]) -> None:
-        self.name, self.declaration, self._error = name, declaration, error
-        self._steps: tuple[Any, ...] = tuple(_plan(declaration, name))
-        runs = [step for step in self._steps if isinstance(step, _Run)]
-        self._rebuilds = any(run.rebuilds for run in runs)
-        fixed = len(self._steps) == 1 and len(runs) == 1
-        self._fixed: _Run | None = runs[0] if fixed else None
-        self.size: int | None = runs[0].size if fixed else None
-        self.names: tuple[str, ...] = runs[0].names if fixed else ()
-
-    def read(self, data: bytes, offset: int = 0, **params: Any) -> tuple[dict[str, Any], int]:
-        """The values at ``offset`` and the offset after them; extra bytes are not read."""
-        context: _Context = {"_params": params} if params else {}
-        try:
-            for step in self._steps:
-                offset = step.read(data, offset, context)
-        except (struct.error, TypeError, ValueError) as exc:
-            raise self._error(f"cannot parse {self.name}: {exc}") from exc
-        if params:
-            del context["_params"]
-        return context, offset
-
-    def parse(self, data: bytes, **params: Any) -> dict[str, Any]:
-        """The values at the start of ``data``."""
-        return self.read(data, 0, **params)[0]
-
-    def build(self, values: Mapping[str, Any], **params: Any) -> bytes:
-        """The bytes of ``values``; ``Rebuild`` fields are computed, padding is zeros."""
-        out: list[bytes] = []
-        try:
-            self.write_to({**values, "_params": params} if params else values, out)
-        except (struct.error, TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise self._error(f"cannot build {self.name}: {exc!r}") from exc
-        return b"".join(out)
-
-    def read_from(self, data: bytes, offset: int, context: _Context) -> tuple[_Context, int]:
-        """:meth:`read` into ``context``, raising ``struct.error`` (for nested layouts)."""
-        for step in self._steps:
-            offset = step.read(data, offset, context)
-        return context, offset
-
-    def write_to(self, values: Mapping[str, Any], out: list[bytes]) -> None:
-        """Append the bytes of ``values`` to ``out``, raising as it comes (nested layouts).
-
-        ``Rebuild`` results go into a copy, never into the caller's values.
-        """
-        context: Any = dict(values) if self._rebuilds else values
-        for step in self._steps:
-            step.write(context, out)
-
-    def unpack(self, data: bytes, offset: int = 0) -> tuple[Any, ...]:
-        """A fixed layout's values in declaration order (padding left out)."""
-        assert self._fixed is not None, f"{self.name} is not a fixed layout"
-        try:
-            return self._fixed.struct.unpack_from(data, offset)
-        except struct.error as exc:
-            raise self._error(
-                f"cannot parse {self.name}: needs {self._fixed.size} bytes, got "
-                f"{max(len(data) - offset, 0)}"
-            ) from exc
-
-    def pack(self, *values: Any) -> bytes:
-        """A fixed layout's bytes from its values in declaration order."""
-        assert self._fixed is not None, f"{self.name} is not a fixed layout"
-        try:
-            _check_sizes(self._fixed.sizes, values)
-            return self._fixed.struct.pack(*values)
-        except struct.error as exc:
-            raise self._error(f"cannot build {self.name}: {exc}") from exc
-
-
-def _plan(declaration: Struct, name: str) -> list[Any]:
-    """The steps of a Struct: fixed fields merged into runs, variable parts between them."""
-    steps: list[Any] = []
-    run: list[tuple[str | None, str, int | None, object]] = []
-    for subcon in declaration.subcons:
-        field_name = subcon.name if isinstance(subcon, Renamed) else None
-        inner = subcon.subcon if isinstance(subcon, Renamed) else subcon
-        fixed = _fixed_field(field_name, inner)
-        if fixed is not None:
-            run.append(fixed)
-            continue
-        if run:
-            steps.append(_Run(run))
+    def struct(self, declaration: Struct, label: str) -> str:
+        """Emit ``read_N(data, offset, this) -> offset`` and ``write_N(this, out)``; return N."""
+        number = str(len(self.rebuilds))
+        self.rebuilds[number] = False
+        read: list[str] = []
+        write: list[str] = []
+        run: list[_Field] = []
+        for subcon in declaration.subcons:
+            name, inner = _named(subcon)
+            field = _fixed_field(name, inner)
+            if field is not None:
+                run.append(field)
+                continue
+            self._run(number, run, read, write)
             run = []
-        steps.append(_variable_step(field_name, inner, name))
-    if run:
-        steps.append(_Run(run))
-    return steps
+            self._variable(name, inner, f"{label}.{name}", read, write)
+        self._run(number, run, read, write)
+        self.lines += [f"def read_{number}(data, offset, this):", *read, "    return offset", ""]
+        self.lines += [f"def write_{number}(this, out):", *write, "    return None", ""]
+        return number
+
+    def _run(self, number: str, run: list[_Field], read: list[str], write: list[str]) -> None:
+        """One ``struct.Struct`` for consecutive fixed fields; byte lengths checked on write."""
+        if not run:
+            return
+        packer = f"s{len(self.namespace)}"
+        layout = self.namespace[packer] = struct.Struct("".join(["<", *(f for _, f, _, _ in run)]))
+        names = [name for name, _, _, _ in run if name is not None]
+        targets = "".join(f"this[{name!r}], " for name in names)
+        unpacked = f"{packer}.unpack_from(data, offset)"  # bounds-checked by struct
+        read.append(f"    {targets}= {unpacked}" if names else f"    {unpacked}")
+        read.append(f"    offset += {layout.size}")
+        for name, _, size, rebuild in run:
+            if rebuild is not None:
+                write.append(f"    this[{name!r}] = {rebuild}")
+                self.rebuilds[number] = True
+            elif size is not None:
+                write.append(f"    if len(this[{name!r}]) != {size}:")
+                write.append(f"        raise Error('{name} must be {size} bytes')")
+        values = ", ".join(f"this[{name!r}]" for name in names)
+        write.append(f"    out.append({packer}.pack({values}))")
+
+    def _writer(self, number: str, value: str) -> str:
+        """A call of ``write_N``, on a copy when it stores Rebuild fields in its values."""
+        return (
+            f"write_{number}(dict({value}), out)"
+            if self.rebuilds[number]
+            else (f"write_{number}({value}, out)")
+        )
+
+    def _variable(
+        self,
+        name: str | None,
+        subcon: Construct[Any, Any],
+        label: str,
+        read: list[str],
+        write: list[str],
+    ) -> None:
+        """Emit the lines of one variable-size member; refuse what is not listed above."""
+        if isinstance(subcon, Padded) and subcon.subcon is Pass:
+            length = _expression(subcon.length)
+            read += [f"    offset += {length}", _past_the_end("offset", "padding")]
+            write.append(f"    out.append(bytes({length}))")
+        elif name is None:
+            raise TypeError(f"{label}: an unnamed {subcon!r} is not a layout this module derives")
+        elif isinstance(subcon, Bytes):
+            self._bytes(name, _expression(subcon.length), read, write)
+        elif isinstance(subcon, Array) and not subcon.discard:
+            self._array(name, subcon, label, read, write)
+        elif isinstance(subcon, Struct):
+            nested = self.struct(subcon, label)
+            read.append(f"    this[{name!r}] = item = {{}}")
+            read.append(f"    offset = read_{nested}(data, offset, item)")
+            write.append(f"    {self._writer(nested, f'this[{name!r}]')}")
+        elif isinstance(subcon, IfThenElse) and _is_optional_bytes(subcon):
+            self._optional(name, subcon, read, write)
+        elif subcon is GreedyBytes:
+            read += [f"    this[{name!r}] = bytes(data[offset:])", "    offset = len(data)"]
+            write.append(f"    out.append(this[{name!r}])")
+        else:
+            raise TypeError(f"{label}: {name} / {subcon!r} is not a layout this module derives")
+
+    @staticmethod
+    def _bytes(name: str, length: str, read: list[str], write: list[str]) -> None:
+        """``Bytes(this.x)``: as many bytes as an earlier field says."""
+        read.append(f"    end = offset + {length}")
+        read.append(_past_the_end("end", name))
+        read.append(f"    this[{name!r}] = bytes(data[offset:end])")
+        read.append("    offset = end")
+        write.append(f"    if len(this[{name!r}]) != {length}:")
+        write.append(f"        raise Error('{name} differs from its length field')")
+        write.append(f"    out.append(this[{name!r}])")
+
+    def _array(
+        self, name: str, subcon: Array[Any, Any], label: str, read: list[str], write: list[str]
+    ) -> None:
+        """``Array(this.n, Struct(...))``: as many elements as an earlier field says."""
+        element = self.struct(_struct(subcon.subcon, label), label)
+        count = _expression(subcon.count)
+        read.append(f"    items = this[{name!r}] = []")
+        read.append(f"    for _ in range({count}):")
+        read.append("        item = {}")
+        read.append(f"        offset = read_{element}(data, offset, item)")
+        read.append("        items.append(item)")
+        write.append(f"    if len(this[{name!r}]) != {count}:")
+        write.append(f"        raise Error('{name} differs from its count field')")
+        write.append(f"    for item in this[{name!r}]:")
+        write.append(f"        {self._writer(element, 'item')}")
+
+    @staticmethod
+    def _optional(
+        name: str, subcon: IfThenElse[Any, Any], read: list[str], write: list[str]
+    ) -> None:
+        """``If(condition, Bytes(n))``: the field is there, or None."""
+        field = subcon.thensubcon
+        assert isinstance(field, Bytes)  # _is_optional_bytes
+        condition, size = _expression(subcon.condfunc), field.length
+        read.append(f"    if {condition}:")
+        read.append(f"        this[{name!r}] = bytes(data[offset:offset + {size}])")
+        read.append(f"        offset += {size}")
+        read.append("    " + _past_the_end("offset", name))
+        read.append("    else:")
+        read.append(f"        this[{name!r}] = None")
+        write.append(f"    if {condition}:")
+        write.append(f"        if len(this[{name!r}]) != {size}:")
+        write.append(f"            raise Error('{name} must be {size} bytes')")
+        write.append(f"        out.append(this[{name!r}])")
 
 
-def _fixed_field(
-    name: str | None, subcon: Construct[Any, Any]
-) -> tuple[str | None, str, int | None, object] | None:
-    """``(name, struct format, byte length to check, rebuild expression)`` or None."""
+def _past_the_end(offset: str, what: str) -> str:
+    """The line that stops a read running past the data (every variable step has one)."""
+    return f"    if {offset} > len(data): raise Error('{what} runs past the end of the data')"
+
+
+def _named(subcon: Construct[Any, Any]) -> tuple[str | None, Construct[Any, Any]]:
+    """A Struct member's name (None when unnamed) and the construct it names."""
+    if isinstance(subcon, Renamed):
+        return subcon.name, subcon.subcon
+    return None, subcon
+
+
+def _fixed_field(name: str | None, subcon: Construct[Any, Any]) -> _Field | None:
+    """The field as part of a ``struct`` run, or None when its size is not fixed."""
     rebuild = None
     if isinstance(subcon, Rebuild):
-        rebuild, subcon = subcon.func, subcon.subcon
+        rebuild, subcon = _expression(subcon.func), subcon.subcon
     if isinstance(subcon, FormatField) and subcon.fmtstr[0] == "<" and subcon.fmtstr[1] in _FORMATS:
         return name, subcon.fmtstr[1], None, rebuild
     if rebuild is not None:
@@ -340,31 +272,111 @@ def _fixed_field(
     return None
 
 
-def _variable_step(name: str | None, subcon: Construct[Any, Any], layout: str) -> _Step:
-    if isinstance(subcon, Padded) and subcon.subcon is Pass:
-        return _Pad("", subcon.length)
-    if name is None:
-        raise TypeError(f"{layout}: an unnamed {subcon!r} is not a layout this module derives")
-    if isinstance(subcon, Bytes):
-        return _VarBytes(name, subcon.length)
-    if isinstance(subcon, Array) and not subcon.discard:
-        return _Array(name, subcon.count, _element(subcon.subcon, f"{layout}.{name}"))
-    if isinstance(subcon, Struct):
-        return _Nested(name, None, _element(subcon, f"{layout}.{name}"))
-    if (
+def _is_optional_bytes(subcon: Construct[Any, Any]) -> bool:
+    return (
         isinstance(subcon, IfThenElse)
         and subcon.elsesubcon is Pass
         and isinstance(subcon.thensubcon, Bytes)
         and isinstance(subcon.thensubcon.length, int)
-    ):
-        return _Optional(name, subcon.condfunc, subcon.thensubcon.length)
-    if subcon is GreedyBytes:
-        return _Rest(name)
-    raise TypeError(f"{layout}: {name} / {subcon!r} is not a layout this module derives")
+    )
 
 
-def _element(declaration: Construct[Any, Any], name: str) -> Layout:
-    """An array element or nested Struct; its errors surface as its parent layout's."""
-    if not isinstance(declaration, Struct):
-        raise TypeError(f"{name}: array elements and nested fields must be Structs")
-    return Layout(name, declaration, ProtocolError)
+def _struct(subcon: Construct[Any, Any], label: str) -> Struct:
+    if not isinstance(subcon, Struct):
+        raise TypeError(f"{label}: array elements must be Structs")
+    return subcon
+
+
+class Layout:
+    """One ``construct`` Struct of a schema, run by the functions derived from it.
+
+    ``declaration`` stays the layout of record (``construct`` can parse and build with it,
+    as the tests do); :meth:`read`, :meth:`parse` and :meth:`build` give the same values as
+    its ``parse``/``build``, with byte fields as ``bytes`` and arrays as lists of dicts.
+    A layout of fixed-size fields only also offers :meth:`unpack` and :meth:`pack`, on
+    tuples in declaration order, for the messages of every activation.
+    """
+
+    __slots__ = (
+        "_copy",
+        "_error",
+        "_fixed",
+        "_read",
+        "_sizes",
+        "_write",
+        "declaration",
+        "name",
+        "names",
+        "size",
+        "source",
+    )
+
+    def __init__(self, name: str, declaration: Struct, error: type[ProtocolError]) -> None:
+        self.name, self.declaration, self._error = name, declaration, error
+        compiler = _Compiler()
+        number = compiler.struct(declaration, name)
+        self.source = "\n".join(compiler.lines)
+        code = compile(self.source, f"<layout {name}>", "exec")
+        exec(code, compiler.namespace)  # noqa: S102 - derived above from our declarations only
+        self._read: _Reader = compiler.namespace[f"read_{number}"]
+        self._write: _Writer = compiler.namespace[f"write_{number}"]
+        self._copy = compiler.rebuilds[number]
+        fields = [_fixed_field(*_named(subcon)) for subcon in declaration.subcons]
+        fixed = [f for f in fields if f is not None and f[3] is None]
+        is_fixed = len(fixed) == len(fields)
+        self._fixed = (
+            struct.Struct("".join(["<", *(f for _, f, _, _ in fixed)])) if is_fixed else None
+        )
+        named = [(name, size) for name, _, size, _ in fixed if name is not None] if is_fixed else []
+        self.names: tuple[str, ...] = tuple(name for name, _ in named)
+        self._sizes = tuple((i, size) for i, (_, size) in enumerate(named) if size is not None)
+        self.size: int | None = self._fixed.size if self._fixed is not None else None
+
+    def read(self, data: bytes, offset: int = 0, **params: Any) -> tuple[dict[str, Any], int]:
+        """The values at ``offset`` and the offset after them; extra bytes are not read."""
+        values: dict[str, Any] = {"_params": params} if params else {}
+        try:
+            offset = self._read(data, offset, values)
+        except _FAILURES as exc:
+            raise self._error(f"cannot parse {self.name}: {exc}") from exc
+        if params:
+            del values["_params"]
+        return values, offset
+
+    def parse(self, data: bytes, **params: Any) -> dict[str, Any]:
+        """The values at the start of ``data``."""
+        return self.read(data, 0, **params)[0]
+
+    def build(self, values: Mapping[str, Any], **params: Any) -> bytes:
+        """The bytes of ``values``; ``Rebuild`` fields are computed, padding is zeros."""
+        context = (
+            {**values, "_params": params} if params else dict(values) if self._copy else values
+        )
+        out: list[bytes] = []
+        try:
+            self._write(context, out)
+        except _FAILURES as exc:
+            raise self._error(f"cannot build {self.name}: {exc!r}") from exc
+        return b"".join(out)
+
+    def unpack(self, data: bytes, offset: int = 0) -> tuple[Any, ...]:
+        """A fixed layout's values in declaration order (padding left out)."""
+        assert self._fixed is not None, f"{self.name} is not a fixed layout"
+        try:
+            return self._fixed.unpack_from(data, offset)
+        except struct.error as exc:
+            got = max(len(data) - offset, 0)
+            raise self._error(
+                f"cannot parse {self.name}: needs {self._fixed.size} bytes, got {got}"
+            ) from exc
+
+    def pack(self, *values: Any) -> bytes:
+        """A fixed layout's bytes from its values in declaration order."""
+        assert self._fixed is not None, f"{self.name} is not a fixed layout"
+        try:
+            for index, size in self._sizes:
+                if len(values[index]) != size:
+                    raise struct.error(f"{self.names[index]} must be {size} bytes")
+            return self._fixed.pack(*values)
+        except _FAILURES as exc:
+            raise self._error(f"cannot build {self.name}: {exc}") from exc
