@@ -26,10 +26,10 @@ from typing import Any, TypeVar
 
 from kms_host.addresses import ListenAddress, parse_listen
 from kms_host.converters import boolean, integer, number
-from kms_host.dns_config import DnsConfig, parse_dns_section
+from kms_host.discovery.settings import DnsConfig, parse_dns_section
 from kms_host.errors import ConfigError
 from kms_host.loop import EVENT_LOOPS
-from kms_host.scenario import ScenarioRule, parse_scenarios
+from kms_host.policy.scenario import ScenarioRule, parse_scenarios
 
 __all__ = [
     "ENV_CONFIG_FILE",
@@ -310,7 +310,8 @@ class Config:
     clock: ClockConfig = field(default_factory=ClockConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     scenario: tuple[ScenarioRule, ...] = ()
-    """``[[scenario]]`` rules (:mod:`kms_host.scenario`), first match wins; SIGHUP reloads them."""
+    """``[[scenario]]`` rules (:mod:`kms_host.policy.scenario`), first match wins; SIGHUP
+    reloads them."""
     source: Path | None = field(default=None, compare=False)
     """The file these settings came from (SIGHUP re-reads its rules); not itself a setting."""
 

@@ -24,8 +24,8 @@ import pytest
 from harness import run_host
 from test_dns_loopback import TEST_TIMEOUT_S, Named, eventually, free_port, named
 
-from kms_host.dns_config import SrvTarget
-from kms_host.dns_publish import publish, withdraw
+from kms_host.discovery.publisher import publish, withdraw
+from kms_host.discovery.settings import SrvTarget
 
 __all__ = ["named"]  # the BIND fixture, imported for the --discover tests
 

@@ -20,7 +20,7 @@ from typing import IO, Any
 import pytest
 from harness import make_request, run_host
 
-from kms_host.client import KmsClient
+from kms_host.client.strict import KmsClient
 from kms_host.storage import open_store
 
 

@@ -16,8 +16,8 @@ import pytest
 from harness import PRODUCTS, RunningHost, make_request, run_host
 from test_lifecycle import json_lines, start_daemon, stop
 
-from kms_host.client import ClientError, KmsClient
-from kms_host.service import PROBE_CMID
+from kms_host.client.strict import ClientError, KmsClient
+from kms_host.host.service import PROBE_CMID
 from kms_host.storage import open_store
 from protocol.kms import ProtocolVersion
 
