@@ -17,7 +17,14 @@ import structlog
 from kms_host import loop
 from kms_host.cli import activate, bench, discovery, probe, views
 from kms_host.config import Config, ConfigOverrides, load_config
-from kms_host.errors import ConfigError, KmsHostError, WorkerError
+from kms_host.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    KmsHostError,
+    WorkerError,
+)
 from kms_host.host.app import check_catalog_settings, serve
 from kms_host.host.supervisor import supervise
 from kms_host.logs import configure_logging
@@ -33,10 +40,6 @@ _REGISTRARS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     probe.register,
     bench.register,
 )
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:

@@ -39,10 +39,9 @@ import structlog
 
 from kms_host import loop
 from kms_host.addresses import format_address
-from kms_host.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from kms_host.clock import Clock
 from kms_host.config import Config, ConfigOverrides, load_config
-from kms_host.errors import ConfigError, KmsHostError
+from kms_host.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, KmsHostError
 from kms_host.host.app import check_catalog_settings, signal_trigger, start_activation
 from kms_host.host.metrics import worker_observer
 from kms_host.host.supervisor import READY
