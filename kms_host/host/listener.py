@@ -27,7 +27,8 @@ import structlog
 
 from kms_host.addresses import ListenAddress
 from kms_host.host.observe import HostObserver, NullObserver
-from kms_host.host.session import CallHandler, Session
+from kms_host.host.reply import CallHandler
+from kms_host.host.session import Session
 from protocol.rpc import ServerSettings
 
 __all__ = ["DEFAULT_PORT", "KmsServer", "ServerLimits", "reserve_addresses"]

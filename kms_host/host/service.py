@@ -17,7 +17,6 @@ import asyncio
 import functools
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,11 +29,12 @@ from kms_host.config import Config
 from kms_host.errors import StorageError
 from kms_host.host.identity import HostIdentity
 from kms_host.host.observe import ActivationOutcome, HostObserver, NullObserver
-from kms_host.host.session import KmsReply
-from kms_host.policy.activation import Assessment, Refusal, assess, reported_count
+from kms_host.host.reply import KmsReply
+from kms_host.policy.activation import Assessment, Refusal, assess
 from kms_host.policy.catalog import Catalog
+from kms_host.policy.counting import PROBE_CMID, AppTally, reported_count
 from kms_host.policy.scenario import ScenarioBook, ScenarioRule, Subject, corrupt, log_fields
-from kms_host.storage import AppTally, ClientStore, Sighting
+from kms_host.storage import ClientStore, Sighting
 from protocol.errors import NCA_S_FAULT_UNSPEC, KmsError
 from protocol.kms import (
     KmsResponse,
@@ -48,11 +48,7 @@ from protocol.kms import (
 )
 from protocol.rpc import CallReceived
 
-__all__ = ["PROBE_CMID", "ActivationService"]
-
-PROBE_CMID = uuid.UUID("00000000-0000-4000-8000-000000001688")
-"""The client machine ID ``kms-host probe`` sends: answered normally, never counted, never
-stored, logged at debug level only (a health check every 30 s must not fill the table)."""
+__all__ = ["ActivationService"]
 
 log = structlog.get_logger("kms_host.activation")
 

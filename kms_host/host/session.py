@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import structlog
 
 from kms_host.addresses import format_peer
 from kms_host.host.observe import HostObserver
+from kms_host.host.reply import CallHandler, KmsReply
 from protocol.rpc import (
     BindCompleted,
     CallReceived,
@@ -38,29 +38,13 @@ from protocol.rpc import (
     ServerSettings,
 )
 
-__all__ = ["Admission", "CallHandler", "KmsReply", "Session"]
+__all__ = ["Admission", "Session"]
 
 log = structlog.get_logger("kms_host.session")
 
 _conn_ids = itertools.count(1)
 
 
-@dataclass(frozen=True, slots=True)
-class KmsReply:
-    """What the service wants sent for one call.
-
-    Exactly one of: a sealed KMS response (``message``), a KMS HRESULT in a normal response
-    (``hresult`` with ``message`` None, spec 3.4.3), or an RPC fault (``fault_status``).
-    ``close`` drops the connection without answering at all.
-    """
-
-    message: bytes | None = None
-    hresult: int = 0
-    fault_status: int | None = None
-    close: bool = False
-
-
-CallHandler = Callable[[CallReceived, str], Awaitable[KmsReply]]
 Admission = Callable[["Session", asyncio.Transport], ServerSettings | None]
 """The listener's say on a new connection: its RPC settings, or None to refuse it."""
 

@@ -12,9 +12,7 @@ those of a genuine host (spec 7.1, 7.2, 7.4; kms-host-behaviour 2.1, 2.7), in th
 5. SKU that the catalog files under another KMS ID, or a KMS ID of another application
    than the one claimed: noted, and 0xC004F042 with ``policy.strict_sku``.
 
-Counting (spec 7.2, issue 3): per application, the distinct CMIDs seen in the window
-including the requester, capped at twice the largest threshold seen; ``prefill =
-"threshold"`` adds synthetic non-expiring clients so the first real client sees its threshold.
+What is counted, and the count answered, is :mod:`kms_host.policy.counting`.
 """
 
 from __future__ import annotations
@@ -23,9 +21,8 @@ import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 
-from kms_host.config import CountingConfig, CountingMode, PolicyConfig, Prefill
+from kms_host.config import PolicyConfig
 from kms_host.policy.catalog import Catalog, HostKeyGroup, KmsProduct, Sku
-from kms_host.storage import AppTally
 from protocol.kms import KmsRequest
 
 __all__ = [
@@ -35,7 +32,6 @@ __all__ = [
     "Assessment",
     "Refusal",
     "assess",
-    "reported_count",
 ]
 
 HRESULT_INVALID_DATA = 0x8007000D
@@ -165,20 +161,3 @@ def _notes(
     elif sku.kms_id != kms_id:
         notes.append("sku_kms_mismatch")
     return tuple(notes)
-
-
-def reported_count(tally: AppTally, *, required: int, counting: CountingConfig) -> int:
-    """The CurrentClientCount to answer (spec 7.2; ``[counting]`` of issue 3).
-
-    ``tally`` already includes the requester. ``required`` is the request's
-    RequiredClientCount (0 when asking for the host's current count, as ``status`` does).
-    """
-    if counting.mode is CountingMode.FIXED:
-        return counting.fixed_count
-    largest = max(tally.max_required_count, required)
-    if counting.mode is CountingMode.SATURATED:
-        return max(2 * largest, 1)
-    if tally.live_clients == 0 and required == 0:
-        return 0
-    prefill = largest - 1 if counting.prefill is Prefill.THRESHOLD and largest > 0 else 0
-    return min(tally.live_clients + prefill, max(2 * largest, 1))

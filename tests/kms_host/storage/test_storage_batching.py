@@ -22,7 +22,8 @@ from sightings import cmid, windows_sighting
 
 from kms_host.batching import IDLE_TURN_S
 from kms_host.errors import StorageError
-from kms_host.storage import DATABASE_FILE, AppTally, Sighting
+from kms_host.policy.counting import AppTally
+from kms_host.storage import DATABASE_FILE, Sighting
 from kms_host.storage.sqlite import RECORD_BATCH, SqliteClientStore
 
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
