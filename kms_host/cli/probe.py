@@ -2,7 +2,7 @@
 
 A listening socket proves nothing (architecture 4.8): the probe binds like a Windows client
 (NDR32 + NDR64 + BTFN), sends one KMS V6 request as Windows 10/11 Pro with the current time
-and the reserved CMID :data:`~kms_host.policy.counting.PROBE_CMID` (answered, never counted,
+and the reserved CMID :data:`~kms_host.policy.activation.PROBE_CMID` (answered, never counted,
 never stored, so a health check every 30 s leaves the client table alone), and believes the answer
 only after every check of spec 5.7 (:meth:`KmsClient.activate`) plus the ones a genuine
 client adds: a well-formed ePID (spec 6.1), a V6 HwId and renewal intervals in range.
@@ -38,9 +38,9 @@ from kms_host.policy.activation import (
     HRESULT_INVALID_DATA,
     HRESULT_INVALID_TIMESTAMP,
     HRESULT_KMS_ID_MISMATCH,
+    PROBE_CMID,
 )
 from kms_host.policy.catalog import load_catalog
-from kms_host.policy.counting import PROBE_CMID
 from protocol.errors import EpidError, ResponseVerificationError
 from protocol.kms import KmsRequest, LicenseStatus, ProtocolVersion
 from protocol.kms.epid import HWID_LENGTH, format_hwid, parse_epid

@@ -44,10 +44,6 @@ class HostIdentity:
     epids: Mapping[str, str]
     """Host-key group key -> ePID text."""
 
-    def epid_for(self, group: HostKeyGroup) -> str:
-        """The ePID the host answers with for a request served by ``group``."""
-        return self.epids[group.key]
-
 
 def load_identity(
     data_dir: Path,

@@ -30,13 +30,13 @@ from kms_host.errors import StorageError
 from kms_host.host.identity import HostIdentity
 from kms_host.host.observe import ActivationOutcome, HostObserver, NullObserver
 from kms_host.host.reply import KmsReply
-from kms_host.policy.activation import Assessment, Refusal, assess
+from kms_host.policy.activation import AppTally, Assessment, Decision, decide, reported_count
 from kms_host.policy.catalog import Catalog
-from kms_host.policy.counting import PROBE_CMID, AppTally, reported_count
-from kms_host.policy.scenario import ScenarioBook, ScenarioRule, Subject, corrupt, log_fields
+from kms_host.policy.scenario import ScenarioBook, ScenarioRule, corrupt, log_fields
 from kms_host.storage import ClientStore, Sighting
 from protocol.errors import NCA_S_FAULT_UNSPEC, KmsError
 from protocol.kms import (
+    KmsRequest,
     KmsResponse,
     LicenseStatus,
     OpenedRequest,
@@ -163,49 +163,32 @@ class ActivationService:
     async def _decide(
         self, opened: OpenedRequest, base: dict[str, Any], started: float
     ) -> KmsReply:
+        """Decide (pure), then commit, seal and log, in that order."""
         request = opened.request
         now = self._clock.now()
-        assessment = assess(
+        decision = decide(
             request,
+            peer=base["peer"],
+            now_filetime=datetime_to_filetime(now),
             catalog=self._catalog,
             scope=self._scope,
             policy=self._config.policy,
-            now_filetime=datetime_to_filetime(now),
+            scenarios=self._scenarios,
         )
-        refusal = assessment.refusal
-        probe = request.client_machine_id == PROBE_CMID
-        rule = (
-            self._scenarios.select(_subject(opened, assessment, base["peer"], probe=probe))
-            if self._scenarios.rules  # the usual case: no rules, nothing to match
-            else None
-        )
+        assessment, rule, probe = decision.assessment, decision.rule, decision.probe
         if rule is not None:
             await asyncio.sleep(rule.delay_ms / 1000)
-            if rule.hresult is not None:
-                refusal = Refusal(rule.hresult, "scenario")
-        sighting = Sighting(
-            app=assessment.app,
-            cmid=request.client_machine_id,
-            machine_name=request.machine_name,
-            sku_id=request.sku_id,
-            kms_id=request.kms_counted_id,
-            license_status=request.license_status,
-            is_vm=bool(request.is_client_vm),
-            required_client_count=request.required_client_count,
-            protocol_version=f"{request.version.value}.0",
-            peer=base["peer"],
-            hresult=refusal.hresult if refusal else 0,
-            seen_at=now,
-            counted=refusal is None,
-        )
-        fields = {**base, **self._event_fields(opened, assessment), **log_fields(rule)}
+        fields = {**base, **self._event_fields(opened, assessment)}
+        if rule is not None:
+            fields |= log_fields(rule)
         group = assessment.group.key if assessment.group else None
-        if rule is not None and (rule.close or rule.rpc_fault is not None):
+        if rule is not None and decision.unanswered:
             return self._unanswered(rule, fields, started, app=assessment.app, group=group)
         try:
             if probe:
                 tally = await self._store.tally(assessment.app, since=now - self._window)
             else:
+                sighting = _sighting(request, decision, peer=base["peer"], seen_at=now)
                 tally = await self._store.record(sighting, since=now - self._window)
         except StorageError as exc:
             self._finish(
@@ -219,25 +202,23 @@ class ActivationService:
                 detail=str(exc),
             )
             return KmsReply(fault_status=NCA_S_FAULT_UNSPEC)
-        if refusal is not None:
+        if decision.refusal is not None:
             self._finish(
                 self._log.debug if probe else self._log.warning,
                 started,
                 fields,
                 app=assessment.app,
                 group=group,
-                code=refusal.hresult,
+                code=decision.refusal.hresult,
                 result="refused",
                 observed_as="probe" if probe else "refused",
-                hresult=_hex(refusal.hresult),
-                reason=refusal.reason,
+                hresult=_hex(decision.refusal.hresult),
+                reason=decision.refusal.reason,
             )
-            return KmsReply(hresult=refusal.hresult)
-        count = reported_count(
+            return KmsReply(hresult=decision.refusal.hresult)
+        count = decision.count(
             tally, required=request.required_client_count, counting=self._config.counting
         )
-        if rule is not None and rule.count is not None:
-            count = rule.count
         epid = self._epid(assessment)
         response = KmsResponse(
             version=request.version,
@@ -338,7 +319,7 @@ class ActivationService:
 
     def _epid(self, assessment: Assessment) -> str:
         if assessment.group is not None:
-            return self._identity.epid_for(assessment.group)
+            return self._identity.epids[assessment.group.key]
         return self._identity.epids[self._catalog.fallback_group(self._scope).key]
 
     async def _note_count(self, app: str, tally: AppTally, *, since: datetime) -> None:
@@ -382,18 +363,22 @@ class ActivationService:
         }
 
 
-def _subject(opened: OpenedRequest, assessment: Assessment, peer: str, *, probe: bool) -> Subject:
-    request = opened.request
-    return Subject(
+def _sighting(request: KmsRequest, decision: Decision, *, peer: str, seen_at: datetime) -> Sighting:
+    """The client-table row for a request that was answered (refused or not)."""
+    return Sighting(
+        app=decision.assessment.app,
         cmid=request.client_machine_id,
         machine_name=request.machine_name,
-        app=assessment.app,
-        application_id=request.application_id,
+        sku_id=request.sku_id,
         kms_id=request.kms_counted_id,
-        sku=request.sku_id,
+        license_status=request.license_status,
+        is_vm=bool(request.is_client_vm),
+        required_client_count=request.required_client_count,
+        protocol_version=f"{request.version.value}.0",
         peer=peer,
-        protocol=request.version.value,
-        probe=probe,
+        hresult=decision.refusal.hresult if decision.refusal else 0,
+        seen_at=seen_at,
+        counted=decision.refusal is None,
     )
 
 

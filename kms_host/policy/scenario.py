@@ -178,22 +178,21 @@ class ScenarioBook:
     judged by one consistent set (the event loop runs :meth:`select` without yielding).
     """
 
+    rules: tuple[ScenarioRule, ...]
+    """The rules in force: a plain attribute, so that a host without rules runs no code here."""
+
     def __init__(self, rules: Sequence[ScenarioRule] = ()) -> None:
-        self._state: tuple[tuple[ScenarioRule, ...], list[int]] = ((), [])
+        self.rules = ()
+        self._counters: list[int] = []
         self.install(rules)
 
-    @property
-    def rules(self) -> tuple[ScenarioRule, ...]:
-        """The rules in force."""
-        return self._state[0]
-
     def install(self, rules: Sequence[ScenarioRule]) -> None:
-        """Replace the rules; every counter restarts at zero."""
-        self._state = (tuple(rules), [0] * len(rules))
+        """Replace the rules; every counter restarts at zero (no await between the two)."""
+        self.rules, self._counters = tuple(rules), [0] * len(rules)
 
     def select(self, subject: Subject) -> ScenarioRule | None:
         """The rule to apply to this request, counting it for the rule that claims it."""
-        rules, counters = self._state
+        rules, counters = self.rules, self._counters
         index = first_match(rules, subject)
         if index is None:
             return None

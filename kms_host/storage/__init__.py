@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from kms_host.policy.counting import AppTally
+from kms_host.policy.activation import AppTally
 
 __all__ = [
     "DATABASE_FILE",

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kms_host.cli.main import main
 from kms_host.client.strict import ActivationResult
-from kms_host.policy.counting import PROBE_CMID
+from kms_host.policy.activation import PROBE_CMID
 from protocol.kms import ProtocolVersion, rijndael_build
 
 METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'

@@ -17,7 +17,7 @@ from harness import PRODUCTS, RunningHost, make_request, run_host
 from test_lifecycle import json_lines, start_daemon, stop
 
 from kms_host.client.strict import ClientError, KmsClient
-from kms_host.policy.counting import PROBE_CMID
+from kms_host.policy.activation import PROBE_CMID
 from kms_host.storage import open_store
 from protocol.kms import ProtocolVersion
 

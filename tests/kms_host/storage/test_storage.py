@@ -17,7 +17,7 @@ import pytest_asyncio
 from sightings import WIN10_KMS, WIN10_SKU, cmid, windows_sighting
 
 from kms_host.errors import StorageError
-from kms_host.policy.counting import AppTally
+from kms_host.policy.activation import AppTally
 from kms_host.storage import DATABASE_FILE, ClientStore, Sighting, open_store
 from protocol.kms.messages import LicenseStatus
 

@@ -22,7 +22,7 @@ from sightings import cmid, windows_sighting
 
 from kms_host.batching import IDLE_TURN_S
 from kms_host.errors import StorageError
-from kms_host.policy.counting import AppTally
+from kms_host.policy.activation import AppTally
 from kms_host.storage import DATABASE_FILE, Sighting
 from kms_host.storage.sqlite import RECORD_BATCH, SqliteClientStore
 

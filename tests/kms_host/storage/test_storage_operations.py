@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from sightings import windows_sighting
 
-from kms_host.policy.counting import AppTally
+from kms_host.policy.activation import AppTally
 from kms_host.storage import DATABASE_FILE, ClientStore, open_store
 from kms_host.storage import sqlite_queries as queries
 from kms_host.storage import sqlite_schema as schema
