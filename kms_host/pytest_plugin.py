@@ -43,7 +43,8 @@ from kms_host.clock import Clock
 from kms_host.config import Config, ConfigOverrides, load_config
 from kms_host.host.app import BoundAddresses, serve
 from kms_host.policy.activation import AppTally, reported_count
-from kms_host.policy.catalog import Catalog, load_catalog
+from kms_host.policy.catalog import Catalog
+from kms_host.policy.catalog_file import load_catalog
 from kms_host.policy.scenario import ScenarioBook, parse_scenarios
 from kms_host.storage import ClientRecord, open_store
 from protocol.kms import LicenseStatus, ProtocolVersion

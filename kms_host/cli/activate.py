@@ -59,7 +59,7 @@ from kms_host.discovery.srv_lookup import (
     first_answering,
 )
 from kms_host.logs import configure_logging
-from kms_host.policy.catalog import load_catalog
+from kms_host.policy.catalog_file import load_catalog
 from protocol.kms import (
     KmsRequest,
     LicenseStatus,

@@ -28,7 +28,7 @@ from kms_host.errors import (
 from kms_host.host.app import check_catalog_settings, serve
 from kms_host.host.supervisor import supervise
 from kms_host.logs import configure_logging
-from kms_host.policy.catalog import load_catalog
+from kms_host.policy.catalog_file import load_catalog
 
 __all__ = ["main"]
 

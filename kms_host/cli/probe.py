@@ -40,7 +40,7 @@ from kms_host.policy.activation import (
     HRESULT_KMS_ID_MISMATCH,
     PROBE_CMID,
 )
-from kms_host.policy.catalog import load_catalog
+from kms_host.policy.catalog_file import load_catalog
 from protocol.errors import EpidError, ResponseVerificationError
 from protocol.kms import KmsRequest, LicenseStatus, ProtocolVersion
 from protocol.kms.epid import HWID_LENGTH, format_hwid, parse_epid

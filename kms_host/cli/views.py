@@ -40,7 +40,8 @@ from kms_host.errors import ConfigError, KmsHostError
 from kms_host.host.app import RUNTIME_FILE, check_catalog_settings
 from kms_host.host.identity import IDENTITY_FILE, HostIdentity, load_identity
 from kms_host.policy.activation import AppTally, reported_count
-from kms_host.policy.catalog import Catalog, Sku, load_catalog
+from kms_host.policy.catalog import Catalog, Sku
+from kms_host.policy.catalog_file import load_catalog
 from kms_host.storage import DATABASE_FILE, ClientRecord, Sighting, open_store
 from protocol.kms import LicenseStatus, rijndael_build
 from protocol.kms.epid import format_hwid

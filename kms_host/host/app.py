@@ -42,7 +42,8 @@ from kms_host.host.listener import KmsServer, ServerLimits
 from kms_host.host.metrics import serve_metrics
 from kms_host.host.observe import HostObserver
 from kms_host.host.service import ActivationService
-from kms_host.policy.catalog import Catalog, load_catalog
+from kms_host.policy.catalog import Catalog
+from kms_host.policy.catalog_file import load_catalog
 from kms_host.policy.scenario import ScenarioBook
 from kms_host.storage import ClientStore, open_store
 from protocol.kms import rijndael_build

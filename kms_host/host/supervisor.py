@@ -63,7 +63,8 @@ from kms_host.host.identity import load_identity
 from kms_host.host.listener import reserve_addresses
 from kms_host.host.metrics import WorkerMetrics, forget_worker, serve_metrics
 from kms_host.policy.activation import AppTally, reported_count
-from kms_host.policy.catalog import Catalog, load_catalog
+from kms_host.policy.catalog import Catalog
+from kms_host.policy.catalog_file import load_catalog
 from kms_host.storage import ClientStore, open_store
 
 __all__ = ["METRICS_DIR", "READY", "WORKER_START_TIMEOUT_S", "WORKER_STOP_MARGIN_S", "supervise"]

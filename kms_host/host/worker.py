@@ -46,7 +46,7 @@ from kms_host.host.app import check_catalog_settings, signal_trigger, start_acti
 from kms_host.host.metrics import worker_observer
 from kms_host.host.supervisor import READY
 from kms_host.logs import configure_logging
-from kms_host.policy.catalog import load_catalog
+from kms_host.policy.catalog_file import load_catalog
 from kms_host.policy.scenario import ScenarioBook
 from kms_host.storage import open_store
 

@@ -64,7 +64,7 @@ import structlog
 
 from kms_host.converters import boolean, integer
 from kms_host.errors import ConfigError
-from kms_host.policy.catalog import load_catalog
+from kms_host.policy.catalog_file import load_catalog
 from protocol.kms import ProtocolVersion
 
 __all__ = [

@@ -13,7 +13,7 @@ from kms_host.config import ConfigOverrides, load_config
 from kms_host.errors import ConfigError
 from kms_host.host.app import check_catalog_settings
 from kms_host.logs import configure_logging
-from kms_host.policy.catalog import load_catalog
+from kms_host.policy.catalog_file import load_catalog
 
 CATALOG = load_catalog()
 

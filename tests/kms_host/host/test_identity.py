@@ -12,7 +12,7 @@ import pytest
 from kms_host.config import HostConfig
 from kms_host.errors import ConfigError
 from kms_host.host.identity import IDENTITY_FILE, load_identity
-from kms_host.policy.catalog import load_catalog
+from kms_host.policy.catalog_file import load_catalog
 from protocol.kms.epid import parse_epid
 
 CATALOG = load_catalog()

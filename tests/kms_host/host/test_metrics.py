@@ -15,7 +15,7 @@ from sightings import windows_sighting
 from kms_host.addresses import ListenAddress
 from kms_host.host.metrics import PrometheusObserver, WorkerMetrics, serve_metrics, worker_observer
 from kms_host.host.observe import ActivationOutcome, NullObserver
-from kms_host.policy.catalog import load_catalog
+from kms_host.policy.catalog_file import load_catalog
 from kms_host.storage import open_store
 
 CATALOG = load_catalog()

@@ -15,7 +15,8 @@ from types import MappingProxyType
 from kms_host.bench.null_server import make_request
 from kms_host.config import PolicyConfig
 from kms_host.policy.activation import HRESULT_KMS_ID_MISMATCH, Refusal, assess
-from kms_host.policy.catalog import Catalog, load_catalog
+from kms_host.policy.catalog import Catalog
+from kms_host.policy.catalog_file import load_catalog
 from protocol.kms import ProtocolVersion
 
 WINDOWS = uuid.UUID("55c92734-d682-4d71-983e-d6ec3f16059f")

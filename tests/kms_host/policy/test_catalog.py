@@ -17,7 +17,8 @@ from typing import TypeVar
 
 import pytest
 
-from kms_host.policy.catalog import ALL_GROUPS, Catalog, CatalogError, HostKeyGroup, load_catalog
+from kms_host.policy.catalog import ALL_GROUPS, Catalog, CatalogError, HostKeyGroup
+from kms_host.policy.catalog_file import load_catalog
 from protocol.kms.messages import ProtocolVersion
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

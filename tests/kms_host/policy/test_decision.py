@@ -29,7 +29,7 @@ from kms_host.policy.activation import (
     decide,
     reported_count,
 )
-from kms_host.policy.catalog import load_catalog
+from kms_host.policy.catalog_file import load_catalog
 from kms_host.policy.scenario import ScenarioBook, parse_scenarios
 from kms_host.storage import open_store
 from protocol.kms import KmsRequest, ProtocolVersion, datetime_to_filetime
