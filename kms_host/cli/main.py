@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from kms_host import loop
-from kms_host.cli import activate, bench, discovery, probe, views
+from kms_host.cli import activate, bench, clients, discovery, probe, products, status
 from kms_host.config import Config, ConfigOverrides, load_config
 from kms_host.errors import (
     EXIT_FAILURE,
@@ -36,7 +36,9 @@ __all__ = ["main"]
 _REGISTRARS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     discovery.register,
     activate.register,
-    views.register,
+    status.register,
+    clients.register,
+    products.register,
     probe.register,
     bench.register,
 )
