@@ -1,4 +1,4 @@
-"""``kms-host bench``'s engine: a bounded asyncio load of real, verified activations (issue 7).
+"""``kms-host bench``'s engine: a bounded asyncio load of real, verified activations.
 
 Theory of operation: a run is a list of *levels* (a mode and a concurrency). A level starts
 ``concurrency`` workers that share one ticket budget (``max_requests``) and one deadline

@@ -1,4 +1,4 @@
-"""The null ceiling for ``kms-host bench``: a server that does no work but the framing (issue 7).
+"""The null ceiling for ``kms-host bench``: a server that does no work but the framing.
 
 It accepts, reads each PDU by its ``frag_length`` exactly as a real host frames them, and
 answers a bind with a canned bind_ack and a request with a canned response whose call_id

@@ -1,12 +1,12 @@
 """``kms-host activate``: a strict KMS client that judges a host as a Windows client would.
 
-The public emulators' clients exit 0 on most failures; this one does not (issue 5 item 1).
+The public emulators' clients exit 0 on most failures; this one does not.
 Every response is verified with every check of spec 5.7 (:class:`kms_host.client.strict.KmsClient`)
 before a line is printed, and each request is reported with the HRESULT a Windows client
 would show: the host's own, 0xC004F038 when ``--require-activation`` finds the count below
 the product's threshold (spec 7.2: that code is the client's), 0xC004F074 when no usable
 answer came (spec 7.4). ``--discover DOMAIN`` finds the host by its ``_vlmcs._tcp`` SRV record
-and fails over like a client (issue 6 item 4; :mod:`kms_host.discovery.srv_lookup`).
+and fails over like a client (:mod:`kms_host.discovery.srv_lookup`).
 
 Exit codes (with several requests, the code of the first that failed; all are still sent):
 

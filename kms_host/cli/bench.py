@@ -1,4 +1,4 @@
-r"""``kms-host bench``: measure a host with real, verified activations (issue 7).
+r"""``kms-host bench``: measure a host with real, verified activations.
 
 ``kms-host bench HOST:PORT`` sweeps modes and concurrencies against a running host, each
 level bounded by ``--duration`` and ``--requests``. ``--ceiling HOST:PORT`` names a null

@@ -1,4 +1,4 @@
-"""``kms-host dns-record``: the ``_vlmcs._tcp`` SRV record for DNS servers labs run (issue 6).
+"""``kms-host dns-record``: the ``_vlmcs._tcp`` SRV record for DNS servers labs run.
 
 Prints the record as a zone-file line, a dnsmasq line, an unbound line and the Windows
 ``Add-DnsServerResourceRecord`` command, or all four as one JSON object with ``--json``.

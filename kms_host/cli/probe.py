@@ -1,4 +1,4 @@
-"""``kms-host probe HOST:PORT``: one real activation, fully verified; the health check (issue 4).
+"""``kms-host probe HOST:PORT``: one real activation, fully verified; the health check.
 
 A listening socket proves nothing (architecture 4.8): the probe binds like a Windows client
 (NDR32 + NDR64 + BTFN), sends one KMS V6 request as Windows 10/11 Pro with the current time

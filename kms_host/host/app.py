@@ -8,7 +8,7 @@ record), then the KMS listener (stop accepting, let calls in flight finish withi
 ``server.shutdown_grace_s``, cancel the rest), the metrics endpoint (still scraped while the
 listener drains), then storage. A second signal forces the exit.
 
-``serve --workers N`` (issue 7) builds the same parts in two kinds of process from the pieces
+``serve --workers N`` builds the same parts in two kinds of process from the pieces
 below: each worker runs :func:`start_activation` (identity, service, listener) on the shared
 data dir, and the supervisor runs the once-only parts (``runtime.json``, DNS, the metrics
 endpoint); see :mod:`kms_host.host.supervisor` and :mod:`kms_host.host.worker`.
@@ -175,7 +175,7 @@ async def _kms_listener(
 async def run_dns(
     config: Config, kms_bound: list[tuple[str, int]]
 ) -> AsyncIterator[list[tuple[str, int]]]:
-    """Run the SRV responder and the publisher that ``[dns]`` asks for (spec 9; issue 6)."""
+    """Run the SRV responder and the publisher that ``[dns]`` asks for (spec 9)."""
     dns = config.dns
     if not dns.enabled and dns.publish is None:
         yield []

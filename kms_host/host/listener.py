@@ -2,10 +2,10 @@
 
 Default binding is what a genuine host does on a modern Windows: one dual-stack socket on
 ``[::]:1688`` that also accepts IPv4, falling back to ``0.0.0.0:1688`` where IPv6 is off
-(issue 3; spec 1.1). asyncio sets IPV6_V6ONLY on every AF_INET6 socket it creates, so the
+(spec 1.1). asyncio sets IPV6_V6ONLY on every AF_INET6 socket it creates, so the
 dual-stack socket is made here and handed over.
 
-With ``serve --workers N`` (issue 7) every worker binds the same addresses with SO_REUSEPORT
+With ``serve --workers N`` every worker binds the same addresses with SO_REUSEPORT
 and the kernel spreads connections over them; :func:`reserve_addresses` is the supervisor's
 side of that, binding each address once to settle its port before the workers exist.
 

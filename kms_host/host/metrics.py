@@ -14,7 +14,7 @@ The client table's size is read at scrape time, from the scrape thread: it hands
 store's worker thread, so SQLite is never touched on the loop thread and the figure is never
 staler than the scrape, whoever wrote the table (the daemon or ``kms-host clients``).
 
-With ``serve --workers N`` (issue 7) the workers answer the calls and the supervisor serves
+With ``serve --workers N`` the workers answer the calls and the supervisor serves
 ``/metrics``, by prometheus-client's multiprocess mode (its documented way for servers of
 several processes): each worker's observer writes to files in a directory that the
 supervisor puts in the workers' ``PROMETHEUS_MULTIPROC_DIR`` (read when prometheus-client is

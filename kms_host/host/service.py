@@ -1,10 +1,10 @@
-"""The imperative shell of one activation: open, decide, count, commit, seal, log.
+"""The imperative shell of one activation: open, decide, commit, seal, log.
 
-Path of a call (architecture 4.3): the RPC layer has already unwrapped the NDR stub;
-here the KMS message is opened (decrypted and verified, spec 5.5/5.6), the pure rules of
-:mod:`kms_host.policy.activation` decide, the client table records the sighting and returns the
-tally in one committed transaction, and only then is the response sealed and handed back:
-a response is never sent for a client record that is not on disk.
+Path of a call (architecture 4.3): the RPC layer has already unwrapped the NDR stub; here
+the KMS message is opened (decrypted and verified, spec 5.5/5.6), the pure
+:func:`~kms_host.policy.activation.decide` judges it, the client table records the sighting
+and returns the tally in one committed transaction, and only then is the response sealed and
+handed back: a response is never sent for a client record that is not on disk.
 
 Each call yields exactly one ``activation`` log event carrying the fields of a genuine
 host's event 12290 (kms-host-behaviour 2.6) plus what a lab wants to follow; a change of
@@ -94,7 +94,7 @@ class ActivationService:
         self._identity = identity
         self._store = store
         self._clock = clock
-        # Requests read and replies ready in one loop turn share the cipher's work (issue 7).
+        # Requests read and replies ready in one loop turn share the cipher's work.
         self._opener = LoopBatcher[bytes, OpenedRequest](
             functools.partial(open_requests, verify_v4_mac=config.policy.verify_v4_mac)
         )

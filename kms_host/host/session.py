@@ -3,9 +3,9 @@
 This is the thin asyncio shell around :class:`protocol.rpc.RpcServerConnection`
 (architecture 4.3), written as an ``asyncio.Protocol`` rather than on streams: bytes arrive
 in ``data_received``, the machine turns them into events, and binds are answered on the
-spot; only a call, which waits for its client record to be committed, runs as a task. A
+spot; only a call, which waits for its client record to be committed, runs as a task: a
 stream reader, writer and task per connection, plus a future and a timeout handle per read,
-were a fifth of a fresh connection's CPU on the host (issue 7).
+would cost more than the connection's own work.
 
 Rules kept from the stream version: calls on one connection are answered one at a time, in
 order (reading pauses while a call is in flight, so a client that floods requests is held to

@@ -1,6 +1,6 @@
 """``kms-host serve --workers N``: N processes answering on one port, and their supervisor.
 
-Theory of operation (issue 7):
+Theory of operation:
 
 * Why processes. One asyncio process spends a core on crypto and SQLite; more cores need
   more processes. Each worker (:mod:`kms_host.host.worker`) is a whole activation host with its

@@ -1,4 +1,4 @@
-"""One worker process of ``kms-host serve --workers N`` (issue 7).
+"""One worker process of ``kms-host serve --workers N``.
 
 :mod:`kms_host.host.supervisor` starts it as ``python -m kms_host.host.worker``; it is not for
 people to run. A worker is a host without the once-only parts. It resolves the same configuration as

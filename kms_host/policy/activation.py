@@ -218,9 +218,8 @@ def _look_up(
     """The catalog's side of :func:`assess`, memoised: it depends on these arguments only.
 
     Clients of one kind send the same three IDs with every request, and the lookups and
-    UUID hashing cost about two thirds of an assessment (5 of 7.5 µs measured, issue 7). A
-    catalog compares by identity and is read-only, and a scope is a frozenset, so an entry
-    can never go stale.
+    UUID hashing are most of an assessment's cost. A catalog compares by identity and is
+    read-only, and a scope is a frozenset, so an entry can never go stale.
     """
     application = catalog.application(application_id)
     product = catalog.kms_product(kms_id)

@@ -1,6 +1,6 @@
 """Scenario rules: make the host misbehave on purpose, so that clients' unhappy paths get tested.
 
-A lab declares ``[[scenario]]`` tables (issue 5 item 4). Each has match keys, all of which
+A lab declares ``[[scenario]]`` tables. Each has match keys, all of which
 must hold, and actions::
 
     [[scenario]]

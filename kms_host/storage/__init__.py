@@ -148,7 +148,7 @@ class ClientStore(Protocol):
     async def seed(self, template: Sighting, count: int) -> list[uuid.UUID]:
         """Add ``count`` synthetic clients of ``template.app``; returns their CMIDs.
 
-        Threshold tests need a host that already has N clients (issue 5) without sending N
+        Threshold tests need a host that already has N clients without sending N
         requests. Each row copies ``template`` except for a random CMID and the machine name
         ``seed-NNNN`` (numbered on from the app's synthetic rows); it counts like an
         activation at ``template.seen_at`` and is marked ``synthetic``, so listings tell it

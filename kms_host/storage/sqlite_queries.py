@@ -128,8 +128,7 @@ def record_batch(
 
     Jobs almost never fail, so the batch is first written under one SAVEPOINT; only if a
     job fails is that pass undone and the batch written again with a SAVEPOINT per job,
-    which isolates the failure. Two statements per job fewer on the usual path: about a
-    sixth of the store's CPU per record (docs/performance.md, issue 7).
+    which isolates the failure: two statements per job fewer on the usual path.
     """
     with transaction(conn):
         conn.execute("SAVEPOINT batch")

@@ -1,4 +1,4 @@
-"""``kms-host activate`` as a process against a real daemon (issue 5 item 1, issue 6 item 4).
+"""``kms-host activate`` as a process against a real daemon.
 
 Every protocol x NDR x BTFN combination activates; a response with one byte flipped on the
 way (a relay on 127.0.0.1 between client and host) fails verification with a non-zero exit

@@ -1,4 +1,4 @@
-"""Operating a running host: status, clients, products, probe and metrics (issue 4).
+"""Operating a running host: status, clients, products, probe and metrics.
 
 A real daemon on 127.0.0.1:0 answers real clients; the CLI runs in-process (``main``, in a
 worker thread because it runs its own event loop) against the same data dir, and the metrics

@@ -1,6 +1,6 @@
 """Scenario rules on a real daemon: each action seen on the wire and in the ``activation``
 event, first match wins, ``every = k``, the probe's exemption, and SIGHUP reload in a real
-process (issue 5 item 4)."""
+process."""
 
 from __future__ import annotations
 

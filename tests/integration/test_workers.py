@@ -1,4 +1,4 @@
-"""``serve --workers N``: processes sharing one port and one data dir (issue 7).
+"""``serve --workers N``: processes sharing one port and one data dir.
 
 The supervisor runs as an operator runs it, ``python -m kms_host serve`` on 127.0.0.1 port 0,
 and its JSON lines (its own and its workers', on one stdout) are collected as they come.

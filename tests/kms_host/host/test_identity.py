@@ -1,4 +1,4 @@
-"""The host's identity is generated once, realistically, and kept (spec 6; issue 3 part 6)."""
+"""The host's identity is generated once, realistically, and kept (spec 6)."""
 
 from __future__ import annotations
 

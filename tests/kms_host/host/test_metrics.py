@@ -1,4 +1,4 @@
-"""The Prometheus observer and its endpoint, without a daemon (issue 4, item 5)."""
+"""The Prometheus observer and its endpoint, without a daemon."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The host's decision for one request: the same IDs judged under different tables.
 
 :func:`kms_host.policy.activation.assess` remembers what the catalog says about a request's
-application, KMS and SKU IDs (issue 7). These tests ask about one request under two host-key
+application, KMS and SKU IDs. These tests ask about one request under two host-key
 scopes and two catalogs, in the order that would expose an answer remembered for the wrong
 one. The request is the load generator's Windows 10/11 Pro one (spec 8.4-8.6); the verdicts
 are spec 7.4's.

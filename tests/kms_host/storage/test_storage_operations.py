@@ -1,4 +1,4 @@
-"""What ``kms-host clients`` and the metrics need from the client table (issue 4).
+"""What ``kms-host clients`` and the metrics need from the client table.
 
 Synthetic clients (``seed``), the table's size, and telling the daemon that another process
 wrote (``changed_elsewhere``); each on a real SQLite file, two stores sharing it where the
@@ -216,8 +216,8 @@ def test_a_renewal_within_the_hour_leaves_the_hour_buckets_alone(tmp_path: Path)
 def test_statement_journals_stay_in_memory(tmp_path: Path) -> None:
     """A batch's savepoint and statement journals never touch the disk (temp_store MEMORY).
 
-    On disk they cost about ten write calls per new client (docs/performance.md, "Fifth
-    round"); a crash needs none of them, the WAL is what keeps committed records.
+    On disk they cost write calls per new client; a crash needs none of them, the WAL is
+    what keeps committed records.
     """
     conn = schema.connect(tmp_path / DATABASE_FILE, "full")
     try:
