@@ -15,7 +15,7 @@ from typing import Any
 from kms_host.policy.activation import AppTally
 from kms_host.storage import ClientRecord, RequestStats, Sighting
 from kms_host.storage.sqlite_schema import HOUR_US, micros, moment, transaction
-from protocol.kms.messages import LicenseStatus
+from protocol.kms import LicenseStatus
 
 __all__ = [
     "clients",

@@ -19,7 +19,7 @@ import pytest
 
 from kms_host.policy.catalog import ALL_GROUPS, Catalog, CatalogError, HostKeyGroup
 from kms_host.policy.catalog_file import load_catalog
-from protocol.kms.messages import ProtocolVersion
+from protocol.kms import ProtocolVersion
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CATALOG_JSON = REPO_ROOT / "kms_host" / "data" / "catalog.json"

@@ -19,7 +19,7 @@ from sightings import WIN10_KMS, WIN10_SKU, cmid, windows_sighting
 from kms_host.errors import StorageError
 from kms_host.policy.activation import AppTally
 from kms_host.storage import DATABASE_FILE, ClientStore, Sighting, open_store
-from protocol.kms.messages import LicenseStatus
+from protocol.kms import LicenseStatus
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 DAY = timedelta(days=1)
