@@ -41,6 +41,7 @@ from kms_host.host.identity import load_identity
 from kms_host.host.listener import KmsServer, ServerLimits
 from kms_host.host.metrics import serve_metrics
 from kms_host.host.observe import HostObserver
+from kms_host.host.reload import reload_scenarios
 from kms_host.host.service import ActivationService
 from kms_host.policy.catalog import Catalog
 from kms_host.policy.catalog_file import load_catalog
@@ -299,7 +300,7 @@ async def serve(
     trigger = shutdown_trigger or signal_trigger()
     if shutdown_trigger is None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, scenarios.reload, config.source)
+        loop.add_signal_handler(signal.SIGHUP, reload_scenarios, scenarios, config.source)
     log.info("config", **config.as_dict())
     catalog = load_catalog()
     scope = check_catalog_settings(config, catalog)

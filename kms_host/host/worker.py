@@ -44,6 +44,7 @@ from kms_host.config import Config, ConfigOverrides, load_config
 from kms_host.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, KmsHostError
 from kms_host.host.app import check_catalog_settings, signal_trigger, start_activation
 from kms_host.host.metrics import worker_observer
+from kms_host.host.reload import reload_scenarios
 from kms_host.host.supervisor import READY
 from kms_host.logs import configure_logging
 from kms_host.policy.catalog_file import load_catalog
@@ -102,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _work(config: Config, channel: socket.socket) -> None:
     clock = Clock(timedelta(seconds=config.clock.offset_s))
     scenarios = ScenarioBook(config.scenario)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, scenarios.reload, config.source)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, reload_scenarios, scenarios, config.source
+    )
     signalled = signal_trigger()
     catalog = load_catalog()
     scope = check_catalog_settings(config, catalog)

@@ -23,16 +23,17 @@ Theory of operation:
 * **The probe is exempt.** ``kms-host probe``'s reserved CMID is matched only by a rule that
   names it in ``cmid``: a health check must neither trigger a rule meant for clients nor
   advance its ``every`` counter.
-* **Where actions apply** (in :mod:`kms_host.host.service`, after the request is opened and
-  assessed): ``delay_ms`` first; ``hresult`` then answers like a refusal (recorded, not
-  counted, and it overrides the host's own verdict); ``close`` and ``rpc_fault`` answer before
-  the client table is touched, as the daemon's own faults do, so nothing is recorded;
+* **Where actions apply** (in :func:`kms_host.policy.activation.decide` and
+  :mod:`kms_host.host.service`, after the request is opened and assessed): ``delay_ms``
+  first; ``hresult`` then answers like a refusal (recorded, not counted, and it overrides the
+  host's own verdict); ``close`` and ``rpc_fault`` answer before the client table is touched,
+  as the daemon's own faults do, so nothing is recorded;
   ``count`` and ``corrupt`` alter a sealed response of an activation that was recorded and
   counted as usual (a request the host refuses keeps its refusal). Every applied rule shows
   in the ``activation`` event as ``scenario_rule`` (its index) and ``scenario_actions``.
 * **Reload.** :class:`ScenarioBook` holds the rules and their counters; SIGHUP re-reads the
   config file's ``[[scenario]]`` tables and swaps both in one assignment (counters restart),
-  or logs why not and keeps the old rules.
+  or logs why not and keeps the old rules (:mod:`kms_host.host.reload`).
 
 ``corrupt`` breaks exactly the integrity check of each version, so that a strict client
 (spec 5.7) fails on that check while everything before it still verifies:
@@ -53,14 +54,10 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import tomllib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
-
-import structlog
 
 from kms_host.converters import boolean, integer
 from kms_host.errors import ConfigError
@@ -73,12 +70,9 @@ __all__ = [
     "Subject",
     "corrupt",
     "first_match",
-    "load_scenarios",
     "log_fields",
     "parse_scenarios",
 ]
-
-log = structlog.get_logger("kms_host.scenario")
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _U32: Final = 0xFFFFFFFF
@@ -199,21 +193,6 @@ class ScenarioBook:
         counters[index] += 1
         rule = rules[index]
         return rule if counters[index] % rule.every == 0 else None
-
-    def reload(self, path: Path | None) -> None:
-        """Re-read ``path``'s ``[[scenario]]`` tables (SIGHUP); keep the old rules on error."""
-        if path is None:
-            log.error(
-                "scenario_reload_failed", key="", detail="the host was started without a file"
-            )
-            return
-        try:
-            rules = load_scenarios(path)
-        except ConfigError as exc:
-            log.error("scenario_reload_failed", key=exc.key, detail=str(exc), kept=len(self.rules))
-            return
-        self.install(rules)
-        log.info("scenario_reloaded", count=len(rules), path=str(path))
 
 
 def log_fields(rule: ScenarioRule | None) -> dict[str, Any]:
@@ -341,14 +320,3 @@ def parse_scenarios(raw: object) -> tuple[ScenarioRule, ...]:
     if not isinstance(raw, list):
         raise ConfigError("scenario rules are an array of tables: write [[scenario]]", "scenario")
     return tuple(_rule(index, table) for index, table in enumerate(raw))
-
-
-def load_scenarios(path: Path) -> tuple[ScenarioRule, ...]:
-    """The ``[[scenario]]`` tables of a config file (only those: the rest is not re-applied)."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", "") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}", "") from exc
-    return parse_scenarios(document.get("scenario", []))

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import structlog
 
 from kms_host.config import ConfigOverrides, load_config
 from kms_host.errors import ConfigError
@@ -139,23 +138,6 @@ def test_the_probe_is_matched_only_by_its_own_cmid() -> None:
     assert probe is not None
     assert probe.index == 1
     assert ScenarioBook(rules[:1]).select(subject(cmid=PROBE, probe=True)) is None
-
-
-def test_reload_swaps_rules_or_keeps_them(tmp_path: Path) -> None:
-    path = tmp_path / "k.toml"
-    path.write_text("[[scenario]]\nclose = true\n[[scenario]]\ncount = 2\n")
-    book = ScenarioBook()
-    with structlog.testing.capture_logs() as logs:
-        book.reload(path)
-        path.write_text('[[scenario]]\nhresult = "x"\n')
-        book.reload(path)
-        book.reload(None)
-    assert len(book.rules) == 2
-    assert [(e["event"], e.get("count"), e.get("key")) for e in logs] == [
-        ("scenario_reloaded", 2, None),
-        ("scenario_reload_failed", None, "scenario[0].hresult"),
-        ("scenario_reload_failed", None, ""),
-    ]
 
 
 def request(version: ProtocolVersion) -> KmsRequest:
