@@ -1,6 +1,6 @@
 """Run the work items that become ready in one loop iteration as one batch.
 
-Why (issue 7, docs/performance.md): the cipher's work on a V6 exchange is cheaper in
+Why (docs/performance.md): the cipher's work on a V6 exchange is cheaper in
 batches. :func:`protocol.kms.open_requests` decrypts the blocks of many requests in one
 wide step, and :func:`protocol.kms.seal_responses` encrypts many replies side by side for
 about the price of one, where CBC would otherwise take a reply's 15 blocks one by one. A
@@ -27,10 +27,9 @@ from typing import Final, Generic, TypeVar
 __all__ = ["IDLE_TURN_S", "LoopBatcher", "wait_while_busy"]
 
 IDLE_TURN_S: Final = 50e-6
-"""A loop turn shorter than this ran nothing but the waiter's own wake-up. Measured on the
-test machine: 2 µs on uvloop, 5 µs on asyncio's loop, 12 µs under coverage; a turn that
-reads or accepts anything takes tens of microseconds at least. A turn misjudged as busy (the
-process was preempted) costs one more turn; one misjudged as idle ends the wait early."""
+"""A loop turn shorter than this ran nothing but the waiter's own wake-up; a turn that reads
+or accepts anything takes longer. A turn misjudged as busy (the process was preempted) costs
+one more turn; one misjudged as idle ends the wait early."""
 
 
 async def wait_while_busy(max_wait_s: float, enough: Callable[[], bool]) -> None:
@@ -40,7 +39,7 @@ async def wait_while_busy(max_wait_s: float, enough: Callable[[], bool]) -> None
     or when ``max_wait_s`` have passed. So a wait never leaves the CPU idle: on a quiet host
     it costs one turn, and on a saturated one, where every turn reads, accepts or answers
     something, it lets work accumulate for a batch (the grouped commits of
-    :mod:`kms_host.storage.sqlite`, ``[storage] commit_delay_ms``; issue 7).
+    :mod:`kms_host.storage.sqlite`, ``[storage] commit_delay_ms``).
     """
     if max_wait_s <= 0:
         return

@@ -9,7 +9,21 @@ as ``__cause__``).
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "KmsHostError", "StorageError", "WorkerError"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "ConfigError",
+    "KmsHostError",
+    "StorageError",
+    "WorkerError",
+]
+
+# The process exit statuses, shared by the console script and a ``serve --workers`` worker,
+# so that the supervisor reads a worker's exit the way an operator reads the command's.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
 
 
 class KmsHostError(Exception):

@@ -4,8 +4,8 @@ Following structlog's documented production setup (architecture 4.7): JSON lines
 output is a file, a pipe or a container log (or ``format = "json"``), the readable console
 renderer on a terminal (or ``format = "console"``). Our own events are rendered by structlog
 and written straight to the stream (``WriteLoggerFactory``): the detour through the standard
-``logging`` machinery cost about half of every ``activation`` event (two ``LogRecord``s, a
-caller lookup, a formatter; issue 7). Records from ``asyncio`` and other libraries still
+``logging`` machinery would add two ``LogRecord``s, a caller lookup and a formatter to
+every ``activation`` event. Records from ``asyncio`` and other libraries still
 arrive through ``logging``; a ``ProcessorFormatter`` gives them the same processors and
 renderer, so stdout stays uniformly JSON. Each line is one ``write`` call, so lines from the
 two paths never interleave.
@@ -51,8 +51,7 @@ def _json_default(value: object) -> str:
 
 
 _ENCODER = json.JSONEncoder(default=_json_default)
-"""One encoder for every line: ``json.dumps`` given ``default=`` builds a new one per call,
-a tenth of an ``activation`` event's rendering (issue 7)."""
+"""One encoder for every line: ``json.dumps`` given ``default=`` builds a new one per call."""
 
 
 def _render_json(_logger: object, _name: str, event_dict: EventDict) -> str:

@@ -5,7 +5,7 @@ host must start on a machine with nothing but the standard library's loop, and t
 run in-process on that loop. With the session written as an ``asyncio.Protocol``, uvloop's
 transports cut the host's CPU per keep-alive activation by about a tenth on the test
 machine, and changed nothing measurable with a fresh connection per activation
-(docs/performance.md, issue 7). ``[server] event_loop`` picks: ``auto`` (uvloop if
+(docs/performance.md). ``[server] event_loop`` picks: ``auto`` (uvloop if
 installed), ``asyncio``, or ``uvloop`` (refused at start when it is not installed).
 """
 

@@ -11,13 +11,13 @@ Installing kms-host (with pytest-asyncio, as ``kms-host[test]`` brings) makes th
         assert result.hresult == 0
         assert result.count >= 25
 
-The fixture runs the real daemon (:func:`kms_host.app.serve`) on 127.0.0.1, port 0, with a
+The fixture runs the real daemon (:func:`kms_host.host.app.serve`) on 127.0.0.1, port 0, with a
 fresh data directory, in the test's event loop, and stops it gracefully afterwards. Its
 config is TOML text: the ``kms_host_config`` fixture (empty by default; override it in a
 module or a conftest) or, for one test, ``@pytest.mark.kms_host_config("...")``.
 
 What the fixture offers is :class:`KmsHost`. Requests are judged by the same strict client as
-``kms-host activate`` (:func:`kms_host.tester.activate_once`, every check of spec 5.7),
+``kms-host activate`` (:func:`kms_host.client.judgement.activate_once`, every check of spec 5.7),
 and carry the *host's* clock by default, so that :meth:`KmsHost.advance` moves time for both
 sides and only a ``time=`` passed on purpose makes a client's clock disagree.
 :func:`running_host` is the same host as an async context manager, for fixtures of a wider
@@ -38,14 +38,15 @@ from typing import Any
 import pytest
 import structlog
 
-from kms_host.activation import reported_count
-from kms_host.app import BoundAddresses, serve
-from kms_host.catalog import Catalog, load_catalog
+from kms_host.client.judgement import Outcome, activate_once, build_client_request, choose_product
 from kms_host.clock import Clock
 from kms_host.config import Config, ConfigOverrides, load_config
-from kms_host.scenario import ScenarioBook, parse_scenarios
-from kms_host.storage import AppTally, ClientRecord, open_store
-from kms_host.tester import Outcome, activate_once, build_client_request, choose_product
+from kms_host.host.app import BoundAddresses, serve
+from kms_host.policy.activation import AppTally, reported_count
+from kms_host.policy.catalog import Catalog
+from kms_host.policy.catalog_file import load_catalog
+from kms_host.policy.scenario import ScenarioBook, parse_scenarios
+from kms_host.storage import ClientRecord, open_store
 from protocol.kms import LicenseStatus, ProtocolVersion
 
 try:

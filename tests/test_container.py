@@ -1,4 +1,4 @@
-"""The container image and the systemd unit, checked where no container engine runs (issue 4).
+"""The container image and the systemd unit, checked where no container engine runs.
 
 * hadolint lints the Dockerfile; an error fails. Locally a missing hadolint skips (say why);
   in CI (``CI=true``) it fails, because then the lint silently stopped guarding the file.

@@ -2,7 +2,7 @@
 
 A genuine host counts the distinct machines (CMIDs) that activated each application in the
 last 30 days (kms-host-behaviour 2.1) and keeps cumulative request counters that ``slmgr
-/dlv`` shows (2.5). :class:`ClientStore` is that memory. ``service.py`` records one
+/dlv`` shows (2.5). :class:`ClientStore` is that memory. :mod:`kms_host.host.service` records one
 :class:`Sighting` per processed request and reads the count it must answer from the
 :class:`AppTally` that the same committed transaction returns, so an acknowledged activation
 is never lost and the count never misses a concurrent request. The CLI reads the same store
@@ -21,9 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from kms_host.policy.activation import AppTally
+
 __all__ = [
     "DATABASE_FILE",
-    "AppTally",
     "ClientRecord",
     "ClientStore",
     "RequestStats",
@@ -57,17 +58,6 @@ class Sighting:
     """Aware UTC, from the daemon's (controllable) clock."""
     counted: bool
     """True for a successful activation that counts; False: recorded but not counted."""
-
-
-@dataclass(frozen=True, slots=True)
-class AppTally:
-    """The counting state of one application within a window."""
-
-    live_clients: int
-    """Distinct counted CMIDs whose last counted activation is at or after ``since``."""
-    max_required_count: int
-    """Largest RequiredClientCount among those activations (0 if none): the count's cap is
-    twice this on a genuine host."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +148,7 @@ class ClientStore(Protocol):
     async def seed(self, template: Sighting, count: int) -> list[uuid.UUID]:
         """Add ``count`` synthetic clients of ``template.app``; returns their CMIDs.
 
-        Threshold tests need a host that already has N clients (issue 5) without sending N
+        Threshold tests need a host that already has N clients without sending N
         requests. Each row copies ``template`` except for a random CMID and the machine name
         ``seed-NNNN`` (numbered on from the app's synthetic rows); it counts like an
         activation at ``template.seen_at`` and is marked ``synthetic``, so listings tell it

@@ -56,7 +56,8 @@ from typing import NamedTuple, TypeVar, TypeVarTuple
 
 from kms_host.batching import wait_while_busy
 from kms_host.errors import StorageError
-from kms_host.storage import AppTally, ClientRecord, RequestStats, Sighting
+from kms_host.policy.activation import AppTally
+from kms_host.storage import ClientRecord, RequestStats, Sighting
 from kms_host.storage import sqlite_queries as queries
 from kms_host.storage import sqlite_schema as schema
 

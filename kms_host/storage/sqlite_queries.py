@@ -12,9 +12,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from kms_host.storage import AppTally, ClientRecord, RequestStats, Sighting
+from kms_host.policy.activation import AppTally
+from kms_host.storage import ClientRecord, RequestStats, Sighting
 from kms_host.storage.sqlite_schema import HOUR_US, micros, moment, transaction
-from protocol.kms.messages import LicenseStatus
+from protocol.kms import LicenseStatus
 
 __all__ = [
     "clients",
@@ -127,8 +128,7 @@ def record_batch(
 
     Jobs almost never fail, so the batch is first written under one SAVEPOINT; only if a
     job fails is that pass undone and the batch written again with a SAVEPOINT per job,
-    which isolates the failure. Two statements per job fewer on the usual path: about a
-    sixth of the store's CPU per record (docs/performance.md, issue 7).
+    which isolates the failure: two statements per job fewer on the usual path.
     """
     with transaction(conn):
         conn.execute("SAVEPOINT batch")

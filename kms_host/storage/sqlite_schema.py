@@ -138,10 +138,9 @@ def v2_synthetic(conn: sqlite3.Connection) -> None:
 def v3_no_cmid_index(conn: sqlite3.Connection) -> None:
     """Drop the index on ``cmid`` alone: it served only ``clients forget``, a rare command.
 
-    Client IDs are random, so every new client wrote a random page of this index and the
-    commit carried it: about 15 µs of the store's CPU per activation, a sixth of it, when
-    measured (issue 7). ``forget`` now scans the table instead, milliseconds for 100,000
-    clients (docs/performance.md); the primary key still finds an (app, CMID) pair.
+    Client IDs are random, so every new client wrote a random page of this index and every
+    commit carried it. ``forget`` now scans the table instead (docs/performance.md); the
+    primary key still finds an (app, CMID) pair.
     """
     conn.execute("DROP INDEX IF EXISTS clients_by_cmid")
 
@@ -207,9 +206,8 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
         # Statement and savepoint journals in memory: they only undo a statement or a
         # ROLLBACK TO inside an open transaction, and a crash needs none of them (the WAL
         # is the journal that counts), so durability is unchanged. On disk they cost a
-        # batch of new clients about ten write calls per record once past SQLite's 64 KiB
-        # spill: 32 -> 7 µs of system time per record measured (issue 7). A batch holds at
-        # most RECORD_BATCH records, a few hundred KiB of pages.
+        # batch of new clients write calls per record once past SQLite's spill threshold.
+        # A batch holds at most RECORD_BATCH records, a few hundred KiB of pages.
         conn.execute("PRAGMA temp_store = MEMORY")
     except BaseException:
         conn.close()

@@ -17,10 +17,10 @@ from typing import Any
 
 import structlog
 
-from kms_host.app import BoundAddresses, serve
-from kms_host.client import KmsClient
+from kms_host.client.strict import KmsClient
 from kms_host.clock import Clock
 from kms_host.config import ConfigOverrides, load_config
+from kms_host.host.app import BoundAddresses, serve
 from protocol.kms import KmsRequest, ProtocolVersion, datetime_to_filetime
 
 WINDOWS = uuid.UUID("55c92734-d682-4d71-983e-d6ec3f16059f")

@@ -1,4 +1,4 @@
-"""``kms-host activate`` as a process against a real daemon (issue 5 item 1, issue 6 item 4).
+"""``kms-host activate`` as a process against a real daemon.
 
 Every protocol x NDR x BTFN combination activates; a response with one byte flipped on the
 way (a relay on 127.0.0.1 between client and host) fails verification with a non-zero exit
@@ -24,8 +24,8 @@ import pytest
 from harness import run_host
 from test_dns_loopback import TEST_TIMEOUT_S, Named, eventually, free_port, named
 
-from kms_host.dns_config import SrvTarget
-from kms_host.dns_publish import publish, withdraw
+from kms_host.discovery.publisher import publish, withdraw
+from kms_host.discovery.settings import SrvTarget
 
 __all__ = ["named"]  # the BIND fixture, imported for the --discover tests
 

@@ -1,6 +1,6 @@
 """The connection shell over real TCP: pipelined calls, half-close, drain of calls in flight.
 
-These pin the rules the ``asyncio.Protocol`` session keeps (kms_host/session.py): calls on
+These pin the rules the ``asyncio.Protocol`` session keeps (kms_host/host/session.py): calls on
 one connection are answered one at a time and in order, even when several arrive in one
 segment; a client that half-closes after its request still gets the answer; at shutdown a
 call in flight is answered within ``shutdown_grace_s`` and its connection then closes, and
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from harness import make_request, run_host
 
-from kms_host.client import ClientError, KmsClient
+from kms_host.client.strict import ClientError, KmsClient
 from protocol.kms import PendingRequest, build_request, open_response
 from protocol.rpc import ResponseReceived, RpcClientConnection
 

@@ -1,4 +1,4 @@
-"""Counting as a genuine host counts (spec 7.2; kms-host-behaviour 2.1; issue 3 part 4).
+"""Counting as a genuine host counts (spec 7.2; kms-host-behaviour 2.1).
 
 Per application: distinct CMIDs of the last 30 days including the requester, capped at twice
 the largest threshold seen; repeated CMIDs do not raise it; expired ones drop out. With

@@ -1,4 +1,4 @@
-"""The daemon with ``[dns]`` on: its responder describes the running host (issue 6 part 1)."""
+"""The daemon with ``[dns]`` on: its responder describes the running host."""
 
 from __future__ import annotations
 

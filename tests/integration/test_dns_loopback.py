@@ -33,11 +33,11 @@ import dns.rcode
 import pytest
 import structlog
 
-from kms_host.discovery import SrvZone
-from kms_host.dns_config import DnsPublishConfig, SrvTarget
-from kms_host.dns_publish import DnsPublishError, publish, run_publisher, withdraw
-from kms_host.dns_server import MAX_TCP_QUERY_BYTES, serve_dns
-from kms_host.srv_lookup import NoSrvRecordError, discover, first_answering
+from kms_host.discovery.publisher import DnsPublishError, publish, run_publisher, withdraw
+from kms_host.discovery.responder import MAX_TCP_QUERY_BYTES, serve_dns
+from kms_host.discovery.settings import DnsPublishConfig, SrvTarget
+from kms_host.discovery.srv_lookup import NoSrvRecordError, discover, first_answering
+from kms_host.discovery.zone import SrvZone
 
 DIG_TIMEOUT_S = 15.0
 TEST_TIMEOUT_S = 60.0

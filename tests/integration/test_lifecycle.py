@@ -1,4 +1,4 @@
-"""The daemon as an operator runs it: a real process, signals, restarts (issue 3 parts 1, 5).
+"""The daemon as an operator runs it: a real process, signals, restarts.
 
 These start ``python -m kms_host serve`` as a subprocess, read the port from its JSON
 ``listening`` line, and talk to it over loopback.
@@ -20,7 +20,7 @@ from typing import IO, Any
 import pytest
 from harness import make_request, run_host
 
-from kms_host.client import KmsClient
+from kms_host.client.strict import KmsClient
 from kms_host.storage import open_store
 
 
@@ -188,7 +188,7 @@ def test_bad_config_stops_the_start_with_the_key_name(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_listening_on_ipv6_any_is_dual_stack(tmp_path: Path) -> None:
-    # "[::]" takes IPv4 clients too, as the default [::]:1688 does (issue 3 part 1).
+    # "[::]" takes IPv4 clients too, as the default [::]:1688 does.
     async with run_host(tmp_path, listen="[::]:0") as host:
         for address in ("127.0.0.1", "::1"):
             async with await KmsClient.connect(address, host.port) as client:

@@ -1,4 +1,4 @@
-"""Every captured malformed input, sent over real TCP, leaves the daemon serving (issue 3).
+"""Every captured malformed input, sent over real TCP, leaves the daemon serving.
 
 The inputs and what vlmcsd and py-kms did with them are in tests/vectors/malformed.jsonl.
 Each one gets its own connection (preamble first when the entry has one, segments 50 ms apart,

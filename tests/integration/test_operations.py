@@ -1,4 +1,4 @@
-"""Operating a running host: status, clients, products, probe and metrics (issue 4).
+"""Operating a running host: status, clients, products, probe and metrics.
 
 A real daemon on 127.0.0.1:0 answers real clients; the CLI runs in-process (``main``, in a
 worker thread because it runs its own event loop) against the same data dir, and the metrics
@@ -24,9 +24,9 @@ import pytest_asyncio
 from harness import PRODUCTS, RunningHost, make_request, run_host
 from prometheus_client.parser import text_string_to_metric_families
 
-from kms_host.cli import main
-from kms_host.client import ActivationResult
-from kms_host.service import PROBE_CMID
+from kms_host.cli.main import main
+from kms_host.client.strict import ActivationResult
+from kms_host.policy.activation import PROBE_CMID
 from protocol.kms import ProtocolVersion, rijndael_build
 
 METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'

@@ -1,4 +1,4 @@
-"""The ``kms_host`` pytest fixture (issue 5 items 2, 3): time moved with ``advance()``, rules
+"""The ``kms_host`` pytest fixture: time moved with ``advance()``, rules
 installed at run time, config by fixture and by marker, and the plugin used from an empty
 directory exactly as a lab's test suite would use it."""
 

@@ -1,5 +1,5 @@
-"""Each refusal a genuine host makes, produced over the wire and seen in the log (issue 3
-part 3; spec 7.1, 7.4; kms-host-behaviour 2.7)."""
+"""Each refusal a genuine host makes, produced over the wire and seen in the log (spec 7.1,
+7.4; kms-host-behaviour 2.7)."""
 
 from __future__ import annotations
 

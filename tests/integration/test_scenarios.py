@@ -1,6 +1,6 @@
 """Scenario rules on a real daemon: each action seen on the wire and in the ``activation``
 event, first match wins, ``every = k``, the probe's exemption, and SIGHUP reload in a real
-process (issue 5 item 4)."""
+process."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from harness import PRODUCTS, RunningHost, make_request, run_host
 from test_lifecycle import json_lines, start_daemon, stop
 
-from kms_host.client import ClientError, KmsClient
-from kms_host.service import PROBE_CMID
+from kms_host.client.strict import ClientError, KmsClient
+from kms_host.policy.activation import PROBE_CMID
 from kms_host.storage import open_store
 from protocol.kms import ProtocolVersion
 

@@ -1,4 +1,4 @@
-"""``serve --workers N``: processes sharing one port and one data dir (issue 7).
+"""``serve --workers N``: processes sharing one port and one data dir.
 
 The supervisor runs as an operator runs it, ``python -m kms_host serve`` on 127.0.0.1 port 0,
 and its JSON lines (its own and its workers', on one stdout) are collected as they come.
@@ -26,9 +26,9 @@ from harness import make_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from kms_host.addresses import ListenAddress
-from kms_host.cli import main
-from kms_host.client import KmsClient
-from kms_host.server import reserve_addresses
+from kms_host.cli.main import main
+from kms_host.client.strict import KmsClient
+from kms_host.host.listener import reserve_addresses
 
 CLIENTS = 40
 """Distinct CMIDs sent over fresh connections: with two workers, the chance that the kernel

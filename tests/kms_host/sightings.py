@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from kms_host.storage import Sighting
-from protocol.kms.messages import LicenseStatus
+from protocol.kms import LicenseStatus
 
 WIN10_SKU = uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")
 WIN10_KMS = uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148")

@@ -38,7 +38,7 @@ Reply = tuple[OpenedRequest, KmsResponse]
 
 
 def sealer(rng: Callable[[int], bytes]) -> LoopBatcher[Reply, bytes]:
-    """The batcher the host seals with (kms_host.service)."""
+    """The batcher the host seals with (kms_host.host.service)."""
     return LoopBatcher[Reply, bytes](functools.partial(seal_responses, hwid=HWID, rng=rng))
 
 

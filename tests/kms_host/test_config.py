@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kms_host.addresses import ListenAddress, parse_listen
-from kms_host.cli import main
+from kms_host.cli.main import main
 from kms_host.config import (
     Config,
     ConfigOverrides,
@@ -16,7 +16,7 @@ from kms_host.config import (
     Prefill,
     load_config,
 )
-from kms_host.dns_config import parse_host_port
+from kms_host.discovery.settings import parse_host_port
 from kms_host.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "kms-host.toml"

@@ -2,7 +2,7 @@
 
 A "busy" loop here is a real task that burns CPU for a few hundred microseconds each turn, as
 a host's reads, accepts and answers do; an idle loop has nothing but the waiter. The bounds
-that involve time are generous (seconds against the microseconds measured), so what the
+that involve time are generous (seconds against a loop turn's microseconds), so what the
 tests check is whether the wait ended, and why, not how fast anything is.
 """
 

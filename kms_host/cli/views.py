@@ -1,0 +1,133 @@
+"""What ``status``, ``clients`` and ``products`` share: they read the data dir, not the daemon.
+
+So they work beside a running host, inside its container and after it stopped: SQLite in WAL
+mode lets them read while the daemon writes, and the few writes (``clients forget/reset/seed``)
+take the write lock up front (``BEGIN IMMEDIATE``) and wait for the daemon's commit. The daemon
+notices such a write and reloads the counts it caches
+(:meth:`~kms_host.storage.ClientStore.changed_elsewhere`).
+
+Configuration is resolved like ``serve``'s (``--config``, ``$KMS_HOST_CONFIG``,
+``KMS_HOST_*``), so in a container ``status`` finds ``/data`` without flags. Exit codes as
+for ``serve``: 0 success, 1 a runtime failure (no client table, storage error, nothing
+matched), 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kms_host.clock import Clock
+from kms_host.config import Config, ConfigOverrides, load_config
+from kms_host.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, KmsHostError
+from kms_host.storage import DATABASE_FILE
+from protocol.kms import LicenseStatus
+
+__all__ = [
+    "APPS",
+    "LICENSE_LABELS",
+    "Failure",
+    "add_common",
+    "command",
+    "format_table",
+    "host_now",
+    "iso",
+    "report",
+    "require_table",
+]
+
+APPS = ("windows", "office2010", "office")
+"""The client-counting pools a genuine host keeps (spec 8.4), as catalog application keys."""
+
+LICENSE_LABELS = {
+    LicenseStatus.UNLICENSED: "Unlicensed",
+    LicenseStatus.LICENSED: "Licensed",
+    LicenseStatus.INITIAL_GRACE: "Initial grace",
+    LicenseStatus.OUT_OF_TOLERANCE_GRACE: "Out-of-tolerance grace",
+    LicenseStatus.NON_GENUINE_GRACE: "Non-genuine grace",
+    LicenseStatus.NOTIFICATION: "Notification",
+    LicenseStatus.EXTENDED_GRACE: "Extended grace",
+}
+"""``slmgr /dlv``'s names of the license states a client reports (kms-host-behaviour 2.5)."""
+
+
+class Failure(KmsHostError):
+    """A command cannot do what was asked; the message is the one line the operator sees."""
+
+
+def add_common(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    # A sub-action's copies are SUPPRESSed so that ``clients --data-dir D reset`` keeps D.
+    unset = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", type=Path, default=unset, help="TOML config file")
+    parser.add_argument("--data-dir", type=Path, default=unset, help="the daemon's data dir")
+    parser.add_argument(
+        "--json", action="store_true", default=unset if suppress else False, help="JSON output"
+    )
+
+
+Run = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
+
+
+def command(run: Run) -> Callable[[argparse.Namespace], int]:
+    """Resolve the config like ``serve``, run, and map failures to exit codes."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            config = load_config(
+                args.config, env=os.environ, overrides=ConfigOverrides(data_dir=args.data_dir)
+            )
+            return asyncio.run(run(args, config))
+        except ConfigError as exc:
+            print(f"kms-host: config error at {exc.key}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except BrokenPipeError:
+            # ``kms-host clients | head`` stopped reading: the Python docs' quiet exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_FAILURE
+        except (KmsHostError, OSError) as exc:
+            print(f"kms-host {args.command}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+
+    return handler
+
+
+def require_table(config: Config) -> None:
+    if not (config.storage.data_dir / DATABASE_FILE).exists():
+        raise Failure(
+            f"no client table in {config.storage.data_dir} (has the daemon run there? --data-dir)"
+        )
+
+
+def host_now(config: Config) -> datetime:
+    return Clock(timedelta(seconds=config.clock.offset_s)).now()
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, decorated: bool) -> str:
+    """Columns aligned with two spaces; on a terminal, a rule under the header and a total."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+
+    out = [line(headers).rstrip()]
+    if decorated:
+        out.append("  ".join("-" * width for width in widths))
+    out += [line(row).rstrip() for row in rows]
+    if decorated:
+        out.append(f"({len(rows)} {'row' if len(rows) == 1 else 'rows'})")
+    return "\n".join(out)
+
+
+def report(args: argparse.Namespace, document: dict[str, Any], text: str) -> None:
+    print(json.dumps(document, indent=2) if args.json else text)

@@ -1,0 +1,1 @@
+"""The running daemon: listener, sessions, the activation service and what keeps them up."""

@@ -1,0 +1,45 @@
+"""SIGHUP: re-read the config file's ``[[scenario]]`` tables and swap them in, or keep the old.
+
+Only the rules are re-applied; every other setting needs a restart. The parsing is the
+policy's (:func:`~kms_host.policy.scenario.parse_scenarios`); reading the file and logging
+the outcome are the host's.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import structlog
+
+from kms_host.errors import ConfigError
+from kms_host.policy.scenario import ScenarioBook, ScenarioRule, parse_scenarios
+
+__all__ = ["load_scenarios", "reload_scenarios"]
+
+log = structlog.get_logger("kms_host.scenario")
+
+
+def reload_scenarios(book: ScenarioBook, path: Path | None) -> None:
+    """Re-read ``path``'s ``[[scenario]]`` tables into ``book``; keep the old rules on error."""
+    if path is None:
+        log.error("scenario_reload_failed", key="", detail="the host was started without a file")
+        return
+    try:
+        rules = load_scenarios(path)
+    except ConfigError as exc:
+        log.error("scenario_reload_failed", key=exc.key, detail=str(exc), kept=len(book.rules))
+        return
+    book.install(rules)
+    log.info("scenario_reloaded", count=len(rules), path=str(path))
+
+
+def load_scenarios(path: Path) -> tuple[ScenarioRule, ...]:
+    """The ``[[scenario]]`` tables of a config file (only those: the rest is not re-applied)."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", "") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}", "") from exc
+    return parse_scenarios(document.get("scenario", []))
