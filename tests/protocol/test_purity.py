@@ -1,6 +1,7 @@
 """protocol/ is sans-I/O: it must not import anything that does I/O, keeps time or draws
-randomness (architecture 4.1; issue 2). Walks the source with ast, so it cannot be fooled by
-an import that happens not to run."""
+randomness (architecture 4.1). Walks the source with ast, so it cannot be fooled by an import
+that happens not to run. The daemon's pure policy layer has the same rule in
+tests/kms_host/test_layers.py."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ FORBIDDEN = {
     "logging",
     "kms_host",
 }
-SOURCES = [*sorted((ROOT / "protocol").rglob("*.py")), ROOT / "kms_host" / "activation.py"]
+SOURCES = sorted((ROOT / "protocol").rglob("*.py"))
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -36,8 +37,7 @@ def imported_roots(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_forbidden_imports(path: Path) -> None:
-    allowed_for_activation = {"kms_host"} if path.name == "activation.py" else set()
-    bad = (imported_roots(path) & FORBIDDEN) - allowed_for_activation
+    bad = imported_roots(path) & FORBIDDEN
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 

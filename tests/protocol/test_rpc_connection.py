@@ -381,7 +381,7 @@ def test_assoc_group_proposed_by_the_client_is_echoed() -> None:
 
 
 def test_repeated_proposals_are_answered_for_each_connection_and_body() -> None:
-    """Parsing and negotiation are memoised (issue 7): the same bind bytes must still get
+    """Parsing and negotiation are memoised: the same bind bytes must still get
     the answer of each connection's own settings, and a body differing in one field its own."""
     frame = _bind(_element(0, NDR32_ID), _element(1, NDR64_ID), _element(2, btfn_syntax(3)))
     expected = {
