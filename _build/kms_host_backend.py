@@ -1,4 +1,4 @@
-"""kms-host's build backend: setuptools', plus an opt-in mypyc build of the compact Rijndael.
+"""kms-host's build backend: setuptools', plus an opt-in mypyc build of the cipher's engine.
 
 Why a backend of our own: ``[build-system] requires`` is static, and the default install must
 stay what it was (pure Python, no compiler, no mypy downloaded into the build environment).
@@ -6,15 +6,15 @@ So mypy is asked for only when ``KMS_HOST_MYPYC=1`` is set, through the PEP 517 
 may add requirements at build time. ``setup.py`` calls :func:`compiled_extensions` to give
 setuptools the extension modules (none by default), and only while a wheel or an editable
 install is built. ``KMS_HOST_MYPYC=1 pip install -e .`` compiles in place, beside
-``rijndael_compact.py``, as a manual ``mypyc`` does (docs/performance.md). An sdist stays
-source.
+``protocol/kms/cipher/compiled.py``, as a manual ``mypyc`` does (docs/performance.md). An
+sdist stays source.
 
 The variable is read strictly: unset, empty or ``0`` build pure; ``1`` compiles; anything
 else stops the build, since a typo must not quietly give the build that was not asked for.
 When compiling was asked for and fails (no mypy, no compiler, a type error), the build fails
-too: falling back to pure Python would hide it. The compiled module shadows
-``rijndael_compact.py``, which stays in the wheel for the tests; the pure build's cipher is
-``rijndael.py``, compiled or not (docs/performance.md).
+too: falling back to pure Python would hide it. The extension shadows ``compiled.py``, which
+stays in the wheel; :mod:`protocol.kms.cipher` runs the compiled engine exactly when it is
+the extension, and the interpreted engine otherwise.
 """
 
 from __future__ import annotations
@@ -53,11 +53,12 @@ MYPY = "mypy>=1.15,<3"
 pass ``tests/protocol``, and 1.20.2 and 2.0.0 import; 1.10.1 and 1.12.1 build a module that
 cannot be imported from within its package (``cannot access submodule 'kms'``). Only the
 build needs mypy; the wheel does not."""
-MYPYC_ARGS = ["--follow-imports=skip", "protocol/kms/rijndael_compact.py"]
+MYPYC_ARGS = ["--follow-imports=skip", "protocol/kms/cipher/compiled.py"]
 """What mypyc compiles, with mypy's options (``[tool.mypy]`` applies too). Besides the standard
-library the module imports only the S-boxes of ``rijndael.py``, which it may see untyped;
-following the imports of its parent packages would type-check ``construct`` and
-``cryptography``, which the build environment does not have."""
+library the module imports only the S-boxes, key schedule and argument checks of
+``protocol/kms/cipher/_shared.py``, which it may see untyped; following the imports of its
+parent packages would type-check ``construct`` and ``cryptography``, which the build
+environment does not have."""
 
 _COMPILING: ContextVar[bool] = ContextVar("kms_host_compiling", default=False)
 """True while ``build_wheel`` or ``build_editable`` runs. setuptools runs ``setup.py`` for

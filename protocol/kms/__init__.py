@@ -1,12 +1,12 @@
 """The KMS message layer: typed messages and their crypto for host and client (spec 4, 5).
 
 Everything else in this package (schemas, codec, ciphers) is private to it, except for
-:func:`rijndael_build`, which says which build of the Rijndael cipher this process runs.
+:func:`rijndael_build`, which says which Rijndael engine this process runs.
 """
 
 from typing import Literal
 
-from protocol.kms._primitives import compiled_build
+from protocol.kms.cipher import compiled_build
 from protocol.kms.crypto import (
     OpenedRequest,
     PendingRequest,
@@ -56,11 +56,12 @@ __all__ = [
 
 
 def rijndael_build() -> Literal["compiled", "pure"]:
-    """Whether ``protocol.kms.rijndael`` was imported from its mypyc extension or its source.
+    """Whether the cipher's compiled engine was imported from its mypyc extension (spec 5.2).
 
     Python imports an extension module in preference to the ``.py`` beside it (a wheel built
     with ``KMS_HOST_MYPYC=1``, or a manual ``mypyc`` in a work tree; docs/performance.md), so
-    no setting says which build runs: only the imported module's file does. The daemon logs
+    no setting says which build runs: only the imported module's file does
+    (:mod:`protocol.kms.cipher`). The daemon logs
     it at start, ``status`` and ``bench`` report it, so a figure is never read against the
     wrong build.
     """

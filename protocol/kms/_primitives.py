@@ -2,36 +2,27 @@
 
 Spec 5.1 gives the keys, 5.2 the three cipher variants, 5.3 the V4 MAC, 5.4 the CBC framing
 and 5.6 the V6 HMAC. V5 is standard AES-128 and goes through ``cryptography``; V4
-(Rijndael-160) and V6 (AES-128 with tweaked round keys) go through one of two
-implementations of the same cipher, whichever is faster in this installation
-(docs/performance.md). Interpreted, :mod:`protocol.kms.rijndael` runs the CBC chains with
-T-tables (a whole message per call, so that no per-block call or ``bytes`` object is made),
-and :mod:`protocol.kms.rijndael_wide` runs the blocks that do not depend on each other (CBC
-decryption; the same block of several messages) a round of all of them at once. Compiled
-by mypyc (``KMS_HOST_MYPYC=1``), :mod:`protocol.kms.rijndael_compact` runs every chain in
-native integer arithmetic, faster than either at every width. The cipher instances are
+(Rijndael-160) and V6 (AES-128 with tweaked round keys) go through
+:mod:`protocol.kms.cipher`, whose engine suits the installation. The cipher instances are
 built once, at import: the keys are protocol constants.
 
-Both ciphers offer the operations the protocol needs. ``decrypt_block`` gives the "decrypted
-IV" values Dc and Ds of spec 5.4; CBC with an all-zero IV over ``IV || ciphertext`` (spec 5.4
-view B) yields ``D_K(IV) || plaintext`` in one pass, which the openers use.
+Every cipher offers the operations the protocol needs. ``decrypt_block`` gives the
+"decrypted IV" values Dc and Ds of spec 5.4; CBC with an all-zero IV over
+``IV || ciphertext`` (spec 5.4 view B) yields ``D_K(IV) || plaintext`` in one pass, which
+the openers use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping, Sequence
-from importlib.machinery import EXTENSION_SUFFIXES
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol.kms import codec, rijndael_compact
+from protocol.kms import cipher, codec
 from protocol.kms.messages import ProtocolVersion
-from protocol.kms.rijndael import Rijndael
-from protocol.kms.rijndael_compact import CompactRijndael
-from protocol.kms.rijndael_wide import MAX_WIDTH, WideRijndael
 
 __all__ = [
     "BLOCK_SIZE",
@@ -41,7 +32,6 @@ __all__ = [
     "CbcCipher",
     "Rng",
     "cipher_for",
-    "compiled_build",
     "draw_block",
     "require_ivs",
     "seal_envelope",
@@ -66,16 +56,6 @@ _K6: Final = bytes.fromhex("A94A4195E201432D9BCB460405D84A21")
 _V6_TWEAKS: Final = {4: 0x73, 6: 0x09, 8: 0xE4}
 
 
-def compiled_build() -> bool:
-    """Whether :mod:`protocol.kms.rijndael_compact` is the mypyc extension (docs/performance.md)."""
-    return str(rijndael_compact.__file__).endswith(tuple(EXTENSION_SUFFIXES))
-
-
-# Interpreted, the wide cipher beats the T-table chains from 2 blocks (or messages side by
-# side) on; compiled, the compact chains beat it at every width (docs/performance.md).
-_WIDE_FROM: Final = 2
-_COMPILED: Final = compiled_build()
-
 # V6 HMAC time slot (spec 5.1, 5.6): slot = (T // C1) * C2 + C3 in unsigned 64-bit arithmetic.
 _C1: Final = 0x00000022816889BD
 _C2: Final = 0x000000208CBAB5ED
@@ -99,14 +79,6 @@ class CbcCipher(Protocol):
         ...
 
 
-class _BlockCipher(CbcCipher, Protocol):
-    """What both Rijndael implementations offer: :class:`CbcCipher`, and the V4 MAC's chain."""
-
-    def cbc_mac(self, data: bytes) -> bytes:
-        """The last block of the CBC encryption of ``data`` under a zero IV (no padding)."""
-        ...
-
-
 class _AesCbc:
     """Standard AES-128 through ``cryptography`` (the V5 cipher, spec 5.2)."""
 
@@ -127,84 +99,6 @@ class _AesCbc:
         return decryptor.update(ciphertext) + decryptor.finalize()
 
 
-class _RijndaelCbc:
-    """CBC over Rijndael for the two variants ``cryptography`` cannot do (module docstring)."""
-
-    __slots__ = ("_cipher", "_wide")
-
-    def __init__(self, key: bytes, *, tweaks: Mapping[int, int] | None = None) -> None:
-        tables = Rijndael(key, tweaks=tweaks)
-        self._cipher: _BlockCipher = CompactRijndael(tables.round_keys) if _COMPILED else tables
-        self._wide = None if _COMPILED else WideRijndael(tables.round_keys)
-
-    def decrypt_block(self, block: bytes) -> bytes:
-        return self._cipher.decrypt_block(block)
-
-    def cbc_encrypt(self, iv: bytes, plaintext: bytes) -> bytes:
-        return self._cipher.cbc_encrypt(iv, plaintext)
-
-    def cbc_decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
-        """P_i = D_K(C_i) xor C_(i-1) (spec 5.4): the blocks decrypted wide, one XOR to chain."""
-        blocks, rest = divmod(len(ciphertext), BLOCK_SIZE)
-        if self._wide is None or blocks < _WIDE_FROM or rest or len(iv) != BLOCK_SIZE:
-            return self._cipher.cbc_decrypt(iv, ciphertext)
-        return xor_blocks(self._wide.decrypt_blocks(ciphertext), iv + ciphertext[:-BLOCK_SIZE])
-
-    def cbc_decrypt_many(self, messages: Sequence[bytes]) -> list[bytes]:
-        """``cbc_decrypt(ZERO_BLOCK, message)`` of each message, their blocks decrypted together.
-
-        The form the request openers use (spec 5.4 view B: ``IVc || C`` under a zero IV).
-        """
-        if any(not m or len(m) % BLOCK_SIZE for m in messages):
-            raise ValueError("CBC needs whole 16-byte blocks in every message")
-        if self._wide is None or len(messages) < 2:
-            return [self.cbc_decrypt(ZERO_BLOCK, m) for m in messages]
-        chain = b"".join([ZERO_BLOCK + m[:-BLOCK_SIZE] for m in messages])
-        plain = xor_blocks(self._wide.decrypt_blocks(b"".join(messages)), chain)
-        out, offset = [], 0
-        for m in messages:
-            out.append(plain[offset : offset + len(m)])
-            offset += len(m)
-        return out
-
-    def decrypt_blocks(self, blocks: bytes) -> bytes:
-        """D_K of each 16-byte block, independently (the V6 Ds values of a batch)."""
-        if self._wide is None or len(blocks) < _WIDE_FROM * BLOCK_SIZE:
-            return b"".join(
-                self._cipher.decrypt_block(blocks[i : i + BLOCK_SIZE])
-                for i in range(0, len(blocks), BLOCK_SIZE)
-            )
-        return self._wide.decrypt_blocks(blocks)
-
-    def cbc_encrypt_many(self, ivs: Sequence[bytes], plaintexts: Sequence[bytes]) -> list[bytes]:
-        """CBC-encrypt messages of one length side by side: block i of all of them per step.
-
-        Each result is ``cbc_encrypt(iv, plaintext)`` of its pair; CBC encryption cannot
-        run one message's blocks together, but it can run many messages' (issue 7), up to
-        :data:`MAX_WIDTH` per wide step.
-        """
-        size = len(plaintexts[0]) if plaintexts else 0
-        if len(ivs) != len(plaintexts) or any(len(p) != size for p in plaintexts):
-            raise ValueError("side-by-side CBC needs one IV per message and equal lengths")
-        _check_whole_blocks(ivs, size)
-        if self._wide is None or len(plaintexts) < _WIDE_FROM:
-            return [self._cipher.cbc_encrypt(iv, p) for iv, p in zip(ivs, plaintexts, strict=True)]
-        out: list[bytes] = []
-        for start in range(0, len(plaintexts), MAX_WIDTH):
-            out += _side_by_side(
-                self._wide, ivs[start : start + MAX_WIDTH], plaintexts[start : start + MAX_WIDTH]
-            )
-        return out
-
-    def cbc_mac(self, message: bytes) -> bytes:
-        """CBC-MAC with a zero IV and ISO/IEC 9797-1 padding method 2 (the V4 MAC, spec 5.3).
-
-        No CMAC subkeys: the ``80 00..00`` padding is always appended, a whole block of it
-        when the message is already block-aligned.
-        """
-        return self._cipher.cbc_mac(message + b"\x80" + bytes(-(len(message) + 1) % BLOCK_SIZE))
-
-
 def _add_pkcs7(data: bytes) -> bytes:
     """Append PKCS#7 padding: always 1..16 bytes, a whole block when aligned (spec 5.4, 10.15)."""
     count = BLOCK_SIZE - len(data) % BLOCK_SIZE
@@ -223,14 +117,18 @@ def strip_pkcs7(data: bytes) -> bytes | None:
     return data[:-count]
 
 
-_V4_CIPHER: Final = _RijndaelCbc(_K4)
+_V4_CIPHER: Final = cipher.rijndael(_K4)
 V5_CIPHER: Final = _AesCbc(_K5)
-V6_CIPHER: Final = _RijndaelCbc(_K6, tweaks=_V6_TWEAKS)
+V6_CIPHER: Final = cipher.rijndael(_K6, tweaks=_V6_TWEAKS)
 
 
 def v4_mac(message: bytes) -> bytes:
-    """The V4 MAC: CBC-MAC under Rijndael-160 with ISO/IEC 9797-1 padding 2 (spec 5.3)."""
-    return _V4_CIPHER.cbc_mac(message)
+    """The V4 MAC: CBC-MAC under Rijndael-160 with ISO/IEC 9797-1 padding 2 (spec 5.3).
+
+    No CMAC subkeys: the ``80 00..00`` padding is always appended, a whole block of it when
+    the message is already block-aligned.
+    """
+    return _V4_CIPHER.cbc_mac(message + b"\x80" + bytes(-(len(message) + 1) % BLOCK_SIZE))
 
 
 def cipher_for(version: ProtocolVersion) -> CbcCipher:
@@ -263,28 +161,6 @@ def seal_v6_envelopes(ivs: Sequence[bytes], payloads: Sequence[bytes]) -> list[b
 def xor_blocks(left: bytes, right: bytes) -> bytes:
     """Bytewise XOR of two equal-length values (blocks or whole messages), as one integer XOR."""
     return (int.from_bytes(left) ^ int.from_bytes(right)).to_bytes(len(left))
-
-
-def _side_by_side(
-    wide: WideRijndael, ivs: Sequence[bytes], plaintexts: Sequence[bytes]
-) -> list[bytes]:
-    """One wide step per block position: block i of every message, chained to its own."""
-    width = wide.width(len(plaintexts))
-    encrypt, nbytes = wide.encrypt_int, width.nbytes
-    chain = int.from_bytes(b"".join(ivs))
-    steps: list[bytes] = []
-    for offset in range(0, len(plaintexts[0]), BLOCK_SIZE):
-        block = int.from_bytes(b"".join([p[offset : offset + BLOCK_SIZE] for p in plaintexts]))
-        chain = encrypt(block ^ chain, width)
-        steps.append(chain.to_bytes(nbytes))
-    return [
-        b"".join([step[i : i + BLOCK_SIZE] for step in steps]) for i in range(0, nbytes, BLOCK_SIZE)
-    ]
-
-
-def _check_whole_blocks(ivs: Sequence[bytes], size: int) -> None:
-    if size % BLOCK_SIZE or any(len(iv) != BLOCK_SIZE for iv in ivs):
-        raise ValueError(f"CBC needs 16-byte IVs and whole 16-byte blocks, got {size} bytes")
 
 
 def draw_block(rng: Rng) -> bytes:

@@ -1,97 +1,17 @@
-"""Many replies at once: side-by-side CBC, the wide CBC decryption and ``seal_responses``.
+"""Many requests and replies at once: ``open_requests`` and ``seal_responses``.
 
 The captured conversations (tests/vectors/README.md) give the expected bytes: replies sealed
-in one batch must each be the response the independent host sent. The CBC helpers are held
-to :class:`Rijndael`'s own chains, which the spec's vectors pin down (``test_rijndael``).
-Sizes on both sides of the wide cipher's threshold run in every build: 2 blocks or messages
-in pure Python, 32 in the compiled one.
+in one batch must each be the response the independent host sent, whichever engine runs.
+The cipher's batch operations themselves are tested per engine in ``test_cipher``.
 """
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from kms_vectors import CapturedCall, captured_calls, fixed_rng
 
 from protocol.errors import KmsIntegrityError, KmsMalformed, UnsupportedVersion
-from protocol.kms import ProtocolVersion, _primitives, open_request, open_requests, seal_responses
-from protocol.kms.rijndael import Rijndael
-
-V6_CHAIN = Rijndael(
-    bytes.fromhex("A94A4195E201432D9BCB460405D84A21"), tweaks={4: 0x73, 6: 0x09, 8: 0xE4}
-)
-SIZES = [1, 2, 3, 16, 31, 32, 33, 40, 64, 65, 130]
-
-
-@pytest.mark.parametrize("blocks", SIZES)
-def test_cbc_decrypt_matches_the_block_chain(blocks: int) -> None:
-    iv, data = bytes(range(16)), bytes(i * 7 % 256 for i in range(16 * blocks))
-    assert _primitives.V6_CIPHER.cbc_decrypt(iv, data) == V6_CHAIN.cbc_decrypt(iv, data)
-
-
-@pytest.mark.parametrize(
-    "counts", [[1], [16], [16, 16], [3, 1, 2], [16] * 3, [1] * 40, [16] * 9, [70, 3]]
-)
-def test_cbc_decrypt_many_matches_the_block_chain(counts: list[int]) -> None:
-    messages = [bytes((n * 31 + i) % 256 for i in range(16 * c)) for n, c in enumerate(counts)]
-    expected = [V6_CHAIN.cbc_decrypt(bytes(16), m) for m in messages]
-    assert _primitives.V6_CIPHER.cbc_decrypt_many(messages) == expected
-
-
-@pytest.mark.parametrize("messages", [[bytes(17)], [bytes(16), b""], [bytes(32), bytes(8)]])
-def test_cbc_decrypt_many_rejects_partial_blocks(messages: list[bytes]) -> None:
-    with pytest.raises(ValueError, match="whole 16-byte blocks"):
-        _primitives.V6_CIPHER.cbc_decrypt_many(messages)
-
-
-@given(data=st.integers(1, 40).flatmap(lambda n: st.binary(min_size=16 * n, max_size=16 * n)))
-def test_decrypt_blocks_is_ecb(data: bytes) -> None:
-    expected = b"".join(V6_CHAIN.decrypt_block(data[i : i + 16]) for i in range(0, len(data), 16))
-    assert _primitives.V6_CIPHER.decrypt_blocks(data) == expected
-
-
-@pytest.mark.parametrize("count", SIZES)
-def test_side_by_side_encryption_matches_one_at_a_time(count: int) -> None:
-    ivs = [bytes([n]) * 16 for n in range(count)]
-    plaintexts = [bytes([n, 255 - n]) * 8 * 15 for n in range(count)]
-    expected = [V6_CHAIN.cbc_encrypt(iv, p) for iv, p in zip(ivs, plaintexts, strict=True)]
-    assert _primitives.V6_CIPHER.cbc_encrypt_many(ivs, plaintexts) == expected
-
-
-@settings(max_examples=25)
-@given(
-    st.integers(1, 3).flatmap(
-        lambda blocks: st.lists(
-            st.tuples(
-                st.binary(min_size=16, max_size=16),
-                st.binary(min_size=16 * blocks, max_size=16 * blocks),
-            ),
-            min_size=1,
-            max_size=36,
-        )
-    )
-)
-def test_side_by_side_encryption_property(pairs: list[tuple[bytes, bytes]]) -> None:
-    ivs, plaintexts = [iv for iv, _ in pairs], [p for _, p in pairs]
-    expected = [V6_CHAIN.cbc_encrypt(iv, p) for iv, p in pairs]
-    assert _primitives.V6_CIPHER.cbc_encrypt_many(ivs, plaintexts) == expected
-
-
-@pytest.mark.parametrize(
-    ("ivs", "plaintexts", "match"),
-    [
-        ([bytes(16)], [bytes(16), bytes(16)], "one IV per message"),
-        ([bytes(16)] * 2, [bytes(16), bytes(32)], "equal lengths"),
-        ([bytes(16)] * 40, [bytes(17)] * 40, "whole 16-byte blocks"),
-        ([bytes(15)] * 40, [bytes(16)] * 40, "16-byte IVs"),
-    ],
-)
-def test_side_by_side_encryption_rejects_mismatches(
-    ivs: list[bytes], plaintexts: list[bytes], match: str
-) -> None:
-    with pytest.raises(ValueError, match=match):
-        _primitives.V6_CIPHER.cbc_encrypt_many(ivs, plaintexts)
+from protocol.kms import ProtocolVersion, open_request, open_requests, seal_responses
 
 
 def _batch(calls: list[CapturedCall]) -> tuple[list[bytes], list[bytes]]:
@@ -119,10 +39,10 @@ def test_mixed_batch_reproduces_every_captured_response(hwid: bytes) -> None:
     assert sealed == captured
 
 
-def test_batch_wider_than_the_compiled_threshold() -> None:
+def test_batch_wider_than_one_wide_step() -> None:
     hwid = _v6_hwids()[0]
-    calls = [c for c in captured_calls() if c.hwid() == hwid] * 5
-    assert len(calls) > 32
+    calls = [c for c in captured_calls() if c.hwid() == hwid] * 9
+    assert len(calls) > 64  # more than the interpreted engine's widest step
     sealed, captured = _batch(calls)
     assert sealed == captured
 

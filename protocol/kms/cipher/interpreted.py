@@ -1,72 +1,42 @@
-"""A small table-driven Rijndael block cipher for the two non-standard KMS variants.
+"""The interpreted engine: T-table CBC chains, and many independent blocks at once.
 
-Why this module exists (spec 5.2, 10.14): KMS V4 MACs with Rijndael under a 160-bit key
-(Nk = 5, 11 rounds), which is valid Rijndael but not AES, and KMS V6 uses AES-128 whose
-expanded round keys 4, 6 and 8 have a constant XORed into their first byte. ``cryptography``
-exposes neither a 160-bit key nor the key schedule, so both are done here. Standard AES
-(V5) stays with ``cryptography``; this class also computes it (no tweaks, Nk = 4), which is
-how the FIPS-197 vector checks the shared round function.
+Why this shape (spec 5.2, 5.4): interpreted Python pays per operation, so a chain walks a
+whole message in one call with the rounds unrolled, the round keys in locals and one 32-bit
+T-table lookup per byte (SubBytes, ShiftRows and MixColumns folded into ``_TE*``). Blocks
+that do not depend on each other (CBC decryption, the same block of several messages) go
+through :mod:`protocol.kms.cipher._wide` instead, a round of all of them per step, from two
+blocks or messages on, where it overtakes the chains.
 
-Theory of operation: the state is four big-endian 32-bit column words, so input byte ``i``
-lands in row ``i % 4`` of column ``i // 4`` exactly as FIPS-197 maps it. One round is four
-T-table lookups per column (SubBytes, ShiftRows and MixColumns folded into ``_TE*``) and an
-XOR with the round key. Decryption uses the equivalent inverse cipher: the decryption round
-keys are the *tweaked* encryption round keys in reverse order with InvMixColumns applied to
-the inner ones, which is the form spec 5.2 requires for the V6 variant. Round keys are
-expanded once per key; the protocol's keys are constants, so callers build one instance per
-key at import time. The CBC chains below carry the whole per-message work (issue 7).
-
-Speed (docs/performance.md): in the default, pure build this is every activation's hottest
-code, tuned for the interpreter (the CBC chains below). A ``KMS_HOST_MYPYC=1`` build runs
-:mod:`protocol.kms.rijndael_compact` instead, which compiles to much faster code than these
-T-tables do; there this module only expands the keys.
+The state is four big-endian 32-bit column words, so input byte ``i`` lands in row ``i % 4``
+of column ``i // 4`` exactly as FIPS-197 maps it. Decryption uses the equivalent inverse
+cipher: the *tweaked* encryption round keys in reverse order with InvMixColumns applied to
+the inner ones, which is the form spec 5.2 requires for the V6 variant.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Final
 
-__all__ = ["Rijndael"]
+from protocol.kms.cipher._shared import (
+    BLOCK_SIZE,
+    INV_SBOX,
+    SBOX,
+    ZERO_BLOCK,
+    check_blocks,
+    check_ecb,
+    check_messages,
+    check_side_by_side,
+    expand_key,
+    gf_mul,
+)
+from protocol.kms.cipher._wide import WideRounds
+
+__all__ = ["InterpretedRijndael"]
 
 _WORDS = struct.Struct(">4I")
-_ZERO_BLOCK = bytes(16)
-
-
-def _xtime(value: int) -> int:
-    """Multiply by x (that is, 2) in GF(2^8) modulo the AES polynomial x^8+x^4+x^3+x+1."""
-    value <<= 1
-    return value ^ 0x11B if value & 0x100 else value
-
-
-def _gf_mul(a: int, b: int) -> int:
-    """Multiply two elements of GF(2^8) (shift-and-add)."""
-    product = 0
-    while b:
-        if b & 1:
-            product ^= a
-        a = _xtime(a)
-        b >>= 1
-    return product
-
-
-def _build_sbox() -> tuple[int, ...]:
-    """The AES S-box: inverse in GF(2^8), then the affine map (FIPS-197 5.1.1)."""
-    exp: list[int] = []
-    log = [0] * 256
-    value = 1
-    for power in range(255):  # 3 generates the multiplicative group
-        exp.append(value)
-        log[value] = power
-        value ^= _xtime(value)
-    sbox = []
-    for byte in range(256):
-        inv = exp[(255 - log[byte]) % 255] if byte else 0
-        rotations = inv
-        for shift in range(1, 5):
-            rotations ^= ((inv << shift) | (inv >> (8 - shift))) & 0xFF
-        sbox.append(rotations ^ 0x63)
-    return tuple(sbox)
+_WIDE_FROM: Final = 2  # blocks or messages; below this the chains are faster
 
 
 def _ror8(word: int) -> int:
@@ -81,95 +51,52 @@ def _rotations(table: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     return tuple(tables)
 
 
-_SBOX = _build_sbox()
-_INV_SBOX = tuple(_SBOX.index(byte) for byte in range(256))
-
 # Encryption: column (2s, s, s, 3s) of MixColumns applied to SubBytes output s.
 _TE0, _TE1, _TE2, _TE3 = _rotations(
-    tuple((_gf_mul(s, 2) << 24) | (s << 16) | (s << 8) | _gf_mul(s, 3) for s in _SBOX)
+    tuple((gf_mul(s, 2) << 24) | (s << 16) | (s << 8) | gf_mul(s, 3) for s in SBOX)
 )
 # Decryption: column (14i, 9i, 13i, 11i) of InvMixColumns applied to InvSubBytes output i.
 _TD0, _TD1, _TD2, _TD3 = _rotations(
     tuple(
-        (_gf_mul(i, 14) << 24) | (_gf_mul(i, 9) << 16) | (_gf_mul(i, 13) << 8) | _gf_mul(i, 11)
-        for i in _INV_SBOX
+        (gf_mul(i, 14) << 24) | (gf_mul(i, 9) << 16) | (gf_mul(i, 13) << 8) | gf_mul(i, 11)
+        for i in INV_SBOX
     )
 )
-# Last round (no MixColumns): the S-boxes pre-shifted into each byte lane.
-_S3, _S2, _S1, _S0 = (tuple(s << shift for s in _SBOX) for shift in (24, 16, 8, 0))
-_I3, _I2, _I1, _I0 = (tuple(i << shift for i in _INV_SBOX) for shift in (24, 16, 8, 0))
-# Only 256-entry tables: they stay in cache between activations. 65,536-entry views of
-# T1/T2 (indexed by 16 bits, one AND less per lookup) won 10% in a hot-cache micro-benchmark
-# but cost the host 25% (pure) to 35% (compiled) more CPU per activation, where the rest of
-# its work evicts their 2 MB of references (docs/performance.md, issue 7).
+# Last round (no MixColumns): the S-boxes pre-shifted into each byte lane. Only 256-entry
+# tables, so that they stay in cache between activations (docs/performance.md).
+_S3, _S2, _S1, _S0 = (tuple(s << shift for s in SBOX) for shift in (24, 16, 8, 0))
+_I3, _I2, _I1, _I0 = (tuple(i << shift for i in INV_SBOX) for shift in (24, 16, 8, 0))
 
 _Words = tuple[int, int, int, int]  # a block or a round key as four column words
-
-
-def _expand_key(key: bytes, rounds: int) -> list[int]:
-    """Rijndael key expansion into 4 * (rounds + 1) words (spec 5.2; FIPS-197 5.2).
-
-    Only Nk = 4 and 5 are supported, so the extra SubWord step of Nk > 6 never applies.
-    """
-    nk = len(key) // 4
-    words = list(struct.unpack(f">{nk}I", key))
-    rcon = 1
-    for i in range(nk, 4 * (rounds + 1)):
-        temp = words[i - 1]
-        if i % nk == 0:
-            temp = (
-                (_SBOX[(temp >> 16) & 0xFF] << 24)
-                | (_SBOX[(temp >> 8) & 0xFF] << 16)
-                | (_SBOX[temp & 0xFF] << 8)
-                | _SBOX[temp >> 24]
-            ) ^ (rcon << 24)
-            rcon = _xtime(rcon)
-        words.append(words[i - nk] ^ temp)
-    return words
+_INNER_ROUNDS = 9  # rounds 1..9, unrolled in the chains; Rijndael-160 has a 10th (``extra``)
 
 
 def _inv_mix_column(word: int) -> int:
     """InvMixColumns of one word, using Td(S(x)) = InvMixColumns column of x."""
     return (
-        _TD0[_SBOX[word >> 24]]
-        ^ _TD1[_SBOX[(word >> 16) & 0xFF]]
-        ^ _TD2[_SBOX[(word >> 8) & 0xFF]]
-        ^ _TD3[_SBOX[word & 0xFF]]
+        _TD0[SBOX[word >> 24]]
+        ^ _TD1[SBOX[(word >> 16) & 0xFF]]
+        ^ _TD2[SBOX[(word >> 8) & 0xFF]]
+        ^ _TD3[SBOX[word & 0xFF]]
     )
 
 
-def _inv_mix_round_key(rk: _Words) -> _Words:
-    return (
-        _inv_mix_column(rk[0]),
-        _inv_mix_column(rk[1]),
-        _inv_mix_column(rk[2]),
-        _inv_mix_column(rk[3]),
-    )
-
-
-def _group(words: list[int]) -> tuple[_Words, ...]:
-    """Split expanded key words into round keys of four words."""
-    return tuple(
-        (words[i], words[i + 1], words[i + 2], words[i + 3]) for i in range(0, len(words), 4)
-    )
-
-
-_INNER_ROUNDS = 9  # rounds 1..9, unrolled in the chains; Rijndael-160 has a 10th (``extra``)
-
-
-def _flatten(inner: tuple[_Words, ...]) -> tuple[tuple[int, ...], _Words | None]:
+def _flatten(inner: Sequence[_Words]) -> tuple[tuple[int, ...], _Words | None]:
     """The inner round keys as the chains take them: 36 words, and the extra round's key."""
     body = tuple(word for rk in inner[:_INNER_ROUNDS] for word in rk)
     return body, (inner[_INNER_ROUNDS] if len(inner) > _INNER_ROUNDS else None)
 
 
-class Rijndael:
+def _xor(left: bytes, right: bytes) -> bytes:
+    return (int.from_bytes(left) ^ int.from_bytes(right)).to_bytes(len(left))
+
+
+class InterpretedRijndael:
     """Rijndael with a 128-bit block, a 128- or 160-bit key and optional round-key tweaks.
 
-    ``tweaks`` maps a round number to a byte XORed into byte 0 of that round key after the
-    full expansion (spec 5.2: ``{4: 0x73, 6: 0x09, 8: 0xE4}`` for the V6 key). The tweak does
-    not propagate into later round keys. ``round_keys`` exposes the (tweaked) round keys
-    rk0..rkNr, 16 bytes each, in the form spec 5.2 lists them.
+    ``tweaks`` maps a round number to a byte XORed into byte 0 of that round key (spec 5.2:
+    ``{4: 0x73, 6: 0x09, 8: 0xE4}`` for the V6 key); ``round_keys`` are rk0..rkNr as spec 5.2
+    lists them. The methods are those of :class:`protocol.kms.cipher.RijndaelCipher`.
     """
 
     __slots__ = (
@@ -181,60 +108,82 @@ class Rijndael:
         "_enc_extra",
         "_enc_final",
         "_enc_first",
+        "_wide",
         "round_keys",
     )
 
     def __init__(self, key: bytes, *, tweaks: Mapping[int, int] | None = None) -> None:
-        if len(key) not in (16, 20):
-            raise ValueError(f"Rijndael key must be 16 or 20 bytes, not {len(key)}")
-        rounds = len(key) // 4 + 6
-        words = _expand_key(key, rounds)
-        for round_number, value in (tweaks or {}).items():
-            if not 0 <= round_number <= rounds or not 0 <= value <= 0xFF:
-                raise ValueError(f"invalid round-key tweak {round_number}: {value:#x}")
-            words[4 * round_number] ^= value << 24
-        enc = _group(words)
-        self.round_keys: tuple[bytes, ...] = tuple(_WORDS.pack(*rk) for rk in enc)
+        self.round_keys = expand_key(key, tweaks)
+        enc = [_WORDS.unpack(rk) for rk in self.round_keys]
         self._enc_first, self._enc_final = enc[0], enc[-1]
         self._enc_body, self._enc_extra = _flatten(enc[1:-1])
-        dec_inner = tuple(_inv_mix_round_key(rk) for rk in reversed(enc[1:-1]))
+        dec_inner = [
+            (_inv_mix_column(a), _inv_mix_column(b), _inv_mix_column(c), _inv_mix_column(d))
+            for a, b, c, d in reversed(enc[1:-1])
+        ]
         self._dec_first, self._dec_final = enc[-1], enc[0]
         self._dec_body, self._dec_extra = _flatten(dec_inner)
+        self._wide = WideRounds(self.round_keys)
 
     def encrypt_block(self, block: bytes) -> bytes:
-        """Encrypt one 16-byte block."""
-        return self.cbc_encrypt(_ZERO_BLOCK, block)
+        return self.cbc_encrypt(ZERO_BLOCK, block)
 
     def decrypt_block(self, block: bytes) -> bytes:
-        """Decrypt one 16-byte block."""
-        return self.cbc_decrypt(_ZERO_BLOCK, block)
+        check_blocks(ZERO_BLOCK, block)
+        out = bytearray(len(block))
+        self._decrypt_chain((0, 0, 0, 0), block, out)
+        return bytes(out)
 
     def cbc_encrypt(self, iv: bytes, data: bytes) -> bytes:
-        """CBC-encrypt whole 16-byte blocks under ``iv`` (the caller pads)."""
-        _check_blocks(iv, data)
+        check_blocks(iv, data)
         out = bytearray(len(data))
         self._encrypt_chain(_WORDS.unpack(iv), data, out)
         return bytes(out)
 
     def cbc_decrypt(self, iv: bytes, data: bytes) -> bytes:
-        """CBC-decrypt whole 16-byte blocks under ``iv`` (the caller strips padding)."""
-        _check_blocks(iv, data)
+        """P_i = D_K(C_i) xor C_(i-1) (spec 5.4): the blocks decrypted wide, one XOR to chain."""
+        check_blocks(iv, data)
+        if len(data) >= _WIDE_FROM * BLOCK_SIZE:
+            return _xor(self._wide.decrypt_blocks(data), iv + data[:-BLOCK_SIZE])
         out = bytearray(len(data))
         self._decrypt_chain(_WORDS.unpack(iv), data, out)
         return bytes(out)
 
     def cbc_mac(self, data: bytes) -> bytes:
-        """The last block of the CBC encryption of ``data`` under a zero IV (no padding)."""
-        _check_blocks(_ZERO_BLOCK, data)
+        check_blocks(ZERO_BLOCK, data)
         return _WORDS.pack(*self._encrypt_chain((0, 0, 0, 0), data, None))
 
-    # The two chains below are the hot path of every activation in the pure build (issue 7):
-    # the whole message is walked in one call with the rounds unrolled and the round keys in
-    # local variables, so a block costs no function call and no loop. Between rounds the
-    # state goes through ``bytes``: ``pack`` turns the four column words into 16 bytes and
-    # unpacking them gives each byte a local, so a T-table index is a plain name, where
-    # ``(a >> 16) & 255`` costs two operations and an integer object (31% fewer instructions
-    # per block, docs/performance.md). The byte indexes are ShiftRows: column word ``j``
+    def decrypt_blocks(self, data: bytes) -> bytes:
+        check_ecb(data)
+        if len(data) >= _WIDE_FROM * BLOCK_SIZE:
+            return self._wide.decrypt_blocks(data)
+        return self.decrypt_block(data)
+
+    def cbc_decrypt_many(self, messages: Sequence[bytes]) -> list[bytes]:
+        """All the messages' blocks decrypted in one wide pass, then each chained to its own."""
+        check_messages(messages)
+        if len(messages) < _WIDE_FROM:
+            return [self.cbc_decrypt(ZERO_BLOCK, m) for m in messages]
+        chain = b"".join([ZERO_BLOCK + m[:-BLOCK_SIZE] for m in messages])
+        plain = _xor(self._wide.decrypt_blocks(b"".join(messages)), chain)
+        out, offset = [], 0
+        for m in messages:
+            out.append(plain[offset : offset + len(m)])
+            offset += len(m)
+        return out
+
+    def cbc_encrypt_many(self, ivs: Sequence[bytes], plaintexts: Sequence[bytes]) -> list[bytes]:
+        check_side_by_side(ivs, plaintexts)
+        if len(plaintexts) < _WIDE_FROM:
+            return [self.cbc_encrypt(iv, p) for iv, p in zip(ivs, plaintexts, strict=True)]
+        return self._wide.encrypt_side_by_side(ivs, plaintexts)
+
+    # The two chains below are the pure build's per-message hot path: the whole message is
+    # walked in one call with the rounds unrolled and the round keys in local variables, so a
+    # block costs no function call and no loop. Between rounds the state goes through
+    # ``bytes``: ``pack`` turns the four column words into 16 bytes and unpacking them gives
+    # each byte a local, so a T-table index is a plain name where ``(a >> 16) & 255`` costs
+    # two operations and an integer object. The byte indexes are ShiftRows: column word ``j``
     # takes row ``r`` from column ``j + r`` (``j - r`` to decrypt). Rounds 1-9 are common to
     # both key sizes; Rijndael-160 has one more (``extra``). ``out`` is None for a MAC, which
     # keeps only the last block.
@@ -420,10 +369,3 @@ class Rijndael:
                 u3[x12] ^ u2[x9] ^ u1[x6] ^ u0[x3] ^ l3 ^ v3,
             )
             v0, v1, v2, v3 = c0, c1, c2, c3
-
-
-def _check_blocks(iv: bytes, data: bytes) -> None:
-    if len(iv) != 16 or len(data) % 16:
-        raise ValueError(
-            f"CBC needs a 16-byte IV and whole 16-byte blocks, got {len(iv)} and {len(data)} bytes"
-        )

@@ -1,48 +1,42 @@
-"""Rijndael over many independent blocks at once: one round for all of them per step.
+"""The interpreted engine's batch half: one round of many independent blocks per step.
 
-Why this module exists (issue 7): :mod:`protocol.kms.rijndael` costs pure Python about 16
-T-table lookups per round per block, some 10 µs a block, and a V6 exchange has 33 blocks.
-But most of those blocks do not depend on each other: CBC *decryption* of a message is
-one independent block decryption per ciphertext block (spec 5.4: P_i = D_K(C_i) xor
-C_(i-1)), and CBC *encryption* of several messages can advance all of them one block per
-step. Here a step processes n blocks with a fixed number of C-level operations on one
-128n-bit integer and one 16n-byte string, whatever n is: ``bytes.translate`` does SubBytes
-with the GF(2^8) multiples MixColumns needs, masks and shifts do ShiftRows and the byte
-rotations inside each column, and XOR adds the round key to every block at once. Pure
-Python then pays about 50 operations a round for all the blocks together.
+Why (spec 5.4): interpreted, a T-table round costs 16 lookups per block, but most of a
+message's blocks do not depend on each other. CBC *decryption* is one independent block
+decryption per ciphertext block (P_i = D_K(C_i) xor C_(i-1)), and CBC *encryption* of several
+messages can advance all of them one block per step. Here a step processes n blocks with a
+fixed number of C-level operations on one 128n-bit integer and one 16n-byte string, whatever
+n is: ``bytes.translate`` does SubBytes with the GF(2^8) multiples MixColumns needs, masks
+and shifts do ShiftRows and the byte rotations inside each column, and XOR adds the round key
+to every block at once. Only :mod:`protocol.kms.cipher.interpreted` uses it; compiled code
+runs a block's rounds faster one block at a time.
 
 Layout: the blocks are concatenated in order and read as one big-endian integer, so byte
 ``i`` of a block is row ``i % 4`` of column ``i // 4`` (FIPS-197 3.4), and inside each
 32-bit column word row 0 is the most significant byte. Masks and round keys are repeated
 once per block; they depend on n only, so each width is built once and cached.
-
-The round keys are the ones :class:`protocol.kms.rijndael.Rijndael` expanded, tweaks
-included (spec 5.2), so the two modules compute the same cipher; the tests hold them to
-each other and to the spec's vectors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
-from protocol.kms.rijndael import _INV_SBOX, _SBOX, _gf_mul
+from protocol.kms.cipher._shared import BLOCK_SIZE, INV_SBOX, SBOX, gf_mul
 
-__all__ = ["MAX_WIDTH", "WideRijndael"]
+__all__ = ["MAX_WIDTH", "WideRounds"]
 
-BLOCK_SIZE: Final = 16
 MAX_WIDTH: Final = 64
 """Blocks per wide step. Masks and round keys take ~41 integers of 16 bytes per block of
 width, so caching every width up to this costs ~1.4 MB per key; longer inputs go through
-in steps of this many blocks, at ~0.3 µs a block more than one step would cost."""
+in steps of this many blocks."""
 
 
-_S: Final = bytes(_SBOX)
-_INV_S: Final = bytes(_INV_SBOX)
+_S: Final = bytes(SBOX)
+_INV_S: Final = bytes(INV_SBOX)
 # Translation tables: SubBytes fused with the MixColumns multiples (x2 for encryption) and
 # InvSubBytes fused with the InvMixColumns ones (x14, x11, x13, x9 for decryption).
-_S2: Final = bytes(_gf_mul(s, 2) for s in _S)
-_I14, _I11, _I13, _I9 = (bytes(_gf_mul(i, m) for i in _INV_S) for m in (14, 11, 13, 9))
+_S2: Final = bytes(gf_mul(s, 2) for s in _S)
+_I14, _I11, _I13, _I9 = (bytes(gf_mul(i, m) for i in _INV_S) for m in (14, 11, 13, 9))
 
 
 def _byte_mask(positions: set[int]) -> int:
@@ -63,10 +57,10 @@ def _inv_mix_columns(value: int) -> int:
         a = data[column : column + 4]
         for row in range(4):
             out[column + row] = (
-                _gf_mul(a[row], 14)
-                ^ _gf_mul(a[(row + 1) % 4], 11)
-                ^ _gf_mul(a[(row + 2) % 4], 13)
-                ^ _gf_mul(a[(row + 3) % 4], 9)
+                gf_mul(a[row], 14)
+                ^ gf_mul(a[(row + 1) % 4], 11)
+                ^ gf_mul(a[(row + 2) % 4], 13)
+                ^ gf_mul(a[(row + 3) % 4], 9)
             )
     return int.from_bytes(out)
 
@@ -86,8 +80,7 @@ _ROTATE: Final = tuple(
 # each, the destination columns are split by whether the source lies to the right (a left
 # shift by 32r bits) or, wrapping, to the left (a right shift by 128 - 32r bits). The six
 # shifts are all different, so each destination mask alone picks the right source bytes:
-# the whole state is shifted, with no mask for the source row first (3-5% fewer
-# instructions a call than masking it).
+# the whole state is shifted, with no mask for the source row first (one AND less a shift).
 _SHIFT_LEFT_KEEP: Final = tuple(
     _byte_mask({4 * c + r for c in range(4) if c + r < 4}) for r in range(4)
 )
@@ -131,13 +124,13 @@ class _Width:
         self.dec_keys = tuple(_repeat(key, blocks) for key in dec_keys)
 
 
-class WideRijndael:
-    """ECB over any number of blocks, one round of all blocks per step (module docstring).
+class WideRounds:
+    """ECB decryption and side-by-side CBC encryption, a round of all blocks per step.
 
-    ``round_keys`` are rk0..rkNr as 16-byte values, tweaks already applied: exactly
-    :attr:`protocol.kms.rijndael.Rijndael.round_keys`. The block count of a call sets the
-    width, at most :data:`MAX_WIDTH` blocks; every width used is cached, so the memory they
-    take is bounded whatever the batches (a host sees a few message and batch sizes).
+    ``round_keys`` are rk0..rkNr as 16-byte values, tweaks already applied (spec 5.2). The
+    block count of a step sets its width, at most :data:`MAX_WIDTH` blocks; every width used
+    is cached, so the memory they take is bounded whatever the batches (a host sees a few
+    message and batch sizes). The caller checks the arguments.
     """
 
     __slots__ = ("_dec_keys", "_enc_keys", "_widths")
@@ -161,23 +154,41 @@ class WideRijndael:
             width = self._widths[blocks] = _Width(blocks, self._enc_keys, self._dec_keys)
         return width
 
-    def encrypt_blocks(self, data: bytes) -> bytes:
-        """Encrypt each 16-byte block of ``data`` independently."""
-        return self._steps(data, self.encrypt_int)
-
     def decrypt_blocks(self, data: bytes) -> bytes:
-        """Decrypt each 16-byte block of ``data`` independently."""
-        return self._steps(data, self.decrypt_int)
-
-    def _steps(self, data: bytes, cipher: Callable[[int, _Width], int]) -> bytes:
-        _count_blocks(data)
+        """Decrypt each 16-byte block of ``data`` independently, :data:`MAX_WIDTH` per step."""
         step = MAX_WIDTH * BLOCK_SIZE
         parts = []
         for offset in range(0, len(data), step):
             chunk = data[offset : offset + step]
             width = self.width(len(chunk) // BLOCK_SIZE)
-            parts.append(cipher(int.from_bytes(chunk), width).to_bytes(width.nbytes))
+            parts.append(self.decrypt_int(int.from_bytes(chunk), width).to_bytes(width.nbytes))
         return b"".join(parts)
+
+    def encrypt_side_by_side(
+        self, ivs: Sequence[bytes], plaintexts: Sequence[bytes]
+    ) -> list[bytes]:
+        """CBC-encrypt equal-length messages, block i of up to :data:`MAX_WIDTH` per step."""
+        out: list[bytes] = []
+        for start in range(0, len(plaintexts), MAX_WIDTH):
+            out += self._side_by_side(
+                ivs[start : start + MAX_WIDTH], plaintexts[start : start + MAX_WIDTH]
+            )
+        return out
+
+    def _side_by_side(self, ivs: Sequence[bytes], plaintexts: Sequence[bytes]) -> list[bytes]:
+        """One wide step per block position: block i of every message, chained to its own."""
+        width = self.width(len(plaintexts))
+        encrypt, nbytes = self.encrypt_int, width.nbytes
+        chain = int.from_bytes(b"".join(ivs))
+        steps: list[bytes] = []
+        for offset in range(0, len(plaintexts[0]), BLOCK_SIZE):
+            block = int.from_bytes(b"".join([p[offset : offset + BLOCK_SIZE] for p in plaintexts]))
+            chain = encrypt(block ^ chain, width)
+            steps.append(chain.to_bytes(nbytes))
+        return [
+            b"".join([step[i : i + BLOCK_SIZE] for step in steps])
+            for i in range(0, nbytes, BLOCK_SIZE)
+        ]
 
     def encrypt_int(self, state: int, width: _Width) -> int:
         """Encrypt the blocks packed in ``state`` (big-endian, ``width``'s block count)."""
@@ -240,9 +251,3 @@ class WideRijndael:
                 ^ key
             )  # fmt: skip
         raise AssertionError("unreachable: the loop returns in its last round")
-
-
-def _count_blocks(data: bytes) -> int:
-    if not data or len(data) % BLOCK_SIZE:
-        raise ValueError(f"need whole 16-byte blocks, got {len(data)} bytes")
-    return len(data) // BLOCK_SIZE

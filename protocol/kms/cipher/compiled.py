@@ -1,45 +1,51 @@
-"""Rijndael from the 256-byte S-boxes and word arithmetic: the cipher of the compiled build.
+"""The compiled engine: Rijndael from the 256-byte S-boxes and word arithmetic, for mypyc.
 
-Why this module exists (issue 7): mypyc can compile :mod:`protocol.kms.rijndael` to C, but
-every T-table entry it reads is then a boxed 32-bit integer in a tuple, so each of a round's
-16 lookups costs a bounds check and two integer conversions, most of the compiled chain's
-time. Here a round reads 16 bytes from a ``bytes`` S-box and does MixColumns with shifts
-and XORs on ``i64`` words, which mypyc turns into plain C arithmetic: compiled, a 15-block
-CBC encryption is several times faster than the compiled T-tables (docs/performance.md).
-Interpreted it is four to six times slower than them, so this module is the one the
-``KMS_HOST_MYPYC=1`` build compiles and runs, while the pure build runs the T-tables and
-imports this one only to test it. ``i64`` is a type for mypyc alone: every use is an
-annotation, so the interpreted module needs no ``mypy_extensions``.
+Why a second engine (spec 5.2): mypyc compiles the interpreted engine's T-table chains
+too, but every T-table entry is then a boxed integer in a tuple, so each of a round's 16
+lookups costs a bounds check and two conversions. Here a round reads 16 bytes from a
+``bytes`` S-box and does MixColumns with shifts and XORs on ``i64`` words, which mypyc turns
+into plain C arithmetic. Interpreted, the same code is several times slower than the
+T-tables, so only a ``KMS_HOST_MYPYC=1`` build runs it; the pure build's tests run it too, to
+check the source. ``i64`` is a type for mypyc alone: every use is an annotation, so the
+interpreted module needs no ``mypy_extensions``.
 
-Theory of operation: the state is four big-endian 32-bit column words, as in
-:mod:`protocol.kms.rijndael`. SubBytes with ShiftRows builds output column ``j`` from row
-``r`` of column ``j + r`` (``j - r`` for the inverse), one S-box byte each. MixColumns of a
-column word ``w`` (FIPS-197 5.1.3) is ``xtime(t) ^ r ^ rotl16(t)`` with ``r = rotl8(w)`` and
-``t = w ^ r``, where ``xtime`` doubles each byte in GF(2^8); InvMixColumns (5.3.3) is
-MixColumns of ``w ^ xtime(xtime(w ^ rotl16(w)))``, since the inverse matrix is the forward
-one times ``[5 0 4 0]`` circulant. Decryption is the straightforward inverse cipher (5.3),
-so it runs on the (tweaked, spec 5.2) encryption round keys as they are.
+The state is four big-endian 32-bit column words. SubBytes with ShiftRows builds output
+column ``j`` from row ``r`` of column ``j + r`` (``j - r`` for the inverse), one S-box byte
+each. MixColumns of a column word ``w`` (FIPS-197 5.1.3) is ``xtime(t) ^ r ^ rotl16(t)``
+with ``r = rotl8(w)`` and ``t = w ^ r``, where ``xtime`` doubles each byte in GF(2^8);
+InvMixColumns (5.3.3) is MixColumns of ``w ^ xtime(xtime(w ^ rotl16(w)))``, since the
+inverse matrix is the forward one times the ``[5 0 4 0]`` circulant. Decryption is the
+straightforward inverse cipher (5.3), so it runs on the (tweaked) encryption round keys as
+they are. Compiled, a loop of blocks is as fast as any batching, so the batch methods loop.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
-from protocol.kms.rijndael import _INV_SBOX, _SBOX, _check_blocks
+from protocol.kms.cipher._shared import (
+    INV_SBOX,
+    SBOX,
+    check_blocks,
+    check_ecb,
+    check_messages,
+    check_side_by_side,
+    expand_key,
+)
 
 if TYPE_CHECKING:
     from mypy_extensions import i64
 
     _Block = tuple[i64, i64, i64, i64]
 
-__all__ = ["CompactRijndael"]
+__all__ = ["CompiledRijndael"]
 
 _WORDS = struct.Struct(">4I")
 _ZERO_BLOCK = bytes(16)
-_SB: Final = bytes(_SBOX)
-_IB: Final = bytes(_INV_SBOX)
+_SB: Final = bytes(SBOX)
+_IB: Final = bytes(INV_SBOX)
 _INNER_ROUNDS = 9  # rounds unrolled in the chains; Rijndael-160 has a 10th inner round
 
 
@@ -123,49 +129,62 @@ def _inv_last(state: _Block, key: _Block) -> _Block:
     )
 
 
-class CompactRijndael:
-    """The cipher of :class:`protocol.kms.rijndael.Rijndael`, computed without T-tables.
+class CompiledRijndael:
+    """The interpreted engine's cipher, computed without T-tables (module docstring).
 
-    ``round_keys`` are rk0..rkNr as 16-byte values, tweaks applied: exactly
-    :attr:`protocol.kms.rijndael.Rijndael.round_keys` of a 128- or 160-bit key. The CBC
-    methods are :class:`~protocol.kms.rijndael.Rijndael`'s, so either can serve the CBC layer.
+    ``tweaks`` maps a round number to a byte XORed into byte 0 of that round key (spec 5.2);
+    ``round_keys`` are rk0..rkNr as spec 5.2 lists them. The methods are those of
+    :class:`protocol.kms.cipher.RijndaelCipher`.
     """
 
-    __slots__ = ("_extra", "_final", "_first", "_inner")
+    __slots__ = ("_extra", "_final", "_first", "_inner", "round_keys")
 
-    def __init__(self, round_keys: Sequence[bytes]) -> None:
-        if len(round_keys) not in (11, 12) or any(len(key) != 16 for key in round_keys):
-            raise ValueError("round keys must be 11 or 12 values of 16 bytes")
-        words: list[_Block] = [_WORDS.unpack(key) for key in round_keys]
+    def __init__(self, key: bytes, *, tweaks: Mapping[int, int] | None = None) -> None:
+        self.round_keys: tuple[bytes, ...] = expand_key(key, tweaks)
+        words: list[_Block] = [_WORDS.unpack(rk) for rk in self.round_keys]
         self._first, self._final = words[0], words[-1]
         self._inner = tuple(words[1 : 1 + _INNER_ROUNDS])
         self._extra = words[-2] if len(words) > _INNER_ROUNDS + 2 else None
 
+    def encrypt_block(self, block: bytes) -> bytes:
+        return self.cbc_encrypt(_ZERO_BLOCK, block)
+
     def decrypt_block(self, block: bytes) -> bytes:
-        """Decrypt one 16-byte block."""
         return self.cbc_decrypt(_ZERO_BLOCK, block)
 
     def cbc_encrypt(self, iv: bytes, data: bytes) -> bytes:
-        """CBC-encrypt whole 16-byte blocks under ``iv`` (the caller pads)."""
-        _check_blocks(iv, data)
+        check_blocks(iv, data)
         out = bytearray(len(data))
         self._encrypt_chain(_WORDS.unpack(iv), data, out)
         return bytes(out)
 
     def cbc_decrypt(self, iv: bytes, data: bytes) -> bytes:
-        """CBC-decrypt whole 16-byte blocks under ``iv`` (the caller strips padding)."""
-        _check_blocks(iv, data)
+        check_blocks(iv, data)
         out = bytearray(len(data))
-        self._decrypt_chain(_WORDS.unpack(iv), data, out)
+        self._decrypt_chain(_WORDS.unpack(iv), data, out, True)
         return bytes(out)
 
     def cbc_mac(self, data: bytes) -> bytes:
-        """The last block of the CBC encryption of ``data`` under a zero IV (no padding)."""
-        _check_blocks(_ZERO_BLOCK, data)
+        check_blocks(_ZERO_BLOCK, data)
         return _WORDS.pack(*self._encrypt_chain((0, 0, 0, 0), data, None))
+
+    def decrypt_blocks(self, data: bytes) -> bytes:
+        check_ecb(data)
+        out = bytearray(len(data))
+        self._decrypt_chain((0, 0, 0, 0), data, out, False)
+        return bytes(out)
+
+    def cbc_decrypt_many(self, messages: Sequence[bytes]) -> list[bytes]:
+        check_messages(messages)
+        return [self.cbc_decrypt(_ZERO_BLOCK, m) for m in messages]
+
+    def cbc_encrypt_many(self, ivs: Sequence[bytes], plaintexts: Sequence[bytes]) -> list[bytes]:
+        check_side_by_side(ivs, plaintexts)
+        return [self.cbc_encrypt(iv, p) for iv, p in zip(ivs, plaintexts, strict=True)]
 
     # Both chains walk a whole message per call with the round keys in locals, as the
     # T-table chains do; a round is one native call here, since mypyc does not inline.
+    # ``chained`` False makes decryption ECB: no block is XORed with the one before.
 
     def _encrypt_chain(self, iv: _Block, data: bytes, out: bytearray | None) -> _Block:
         first, final, extra = self._first, self._final, self._extra
@@ -189,7 +208,7 @@ class CompactRijndael:
                 _WORDS.pack_into(out, offset, c0, c1, c2, c3)
         return c0, c1, c2, c3
 
-    def _decrypt_chain(self, iv: _Block, data: bytes, out: bytearray) -> None:
+    def _decrypt_chain(self, iv: _Block, data: bytes, out: bytearray, chained: bool) -> None:
         first, final, extra = self._first, self._final, self._extra
         r1, r2, r3, r4, r5, r6, r7, r8, r9 = self._inner
         c0: i64
@@ -206,4 +225,5 @@ class CompactRijndael:
             state = _inv_round(_inv_round(_inv_round(_inv_round(state, r5), r4), r3), r2)
             p0, p1, p2, p3 = _inv_last(_inv_round(state, r1), first)
             _WORDS.pack_into(out, offset, p0 ^ v0, p1 ^ v1, p2 ^ v2, p3 ^ v3)
-            v0, v1, v2, v3 = c0, c1, c2, c3
+            if chained:
+                v0, v1, v2, v3 = c0, c1, c2, c3
