@@ -1,6 +1,7 @@
 """SIGHUP: re-read the config file's ``[[scenario]]`` tables and swap them in, or keep the old.
 
-Only the rules are re-applied; every other setting needs a restart. The parsing is the
+The whole file must validate (as ``serve`` would resolve it) before anything is applied;
+only the rules are re-applied, every other setting needs a restart. The parsing is the
 policy's (:func:`~kms_host.policy.scenario.parse_scenarios`); reading the file and logging
 the outcome are the host's.
 """
