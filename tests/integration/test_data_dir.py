@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -233,3 +235,37 @@ def test_clients_with_no_matching_rows_exits_1(tmp_path: Path, daemons: list[Dae
     for extra in ((), ("--json",)):
         empty = _run(tmp_path, "clients", "--app", "office", *extra)
         assert empty.returncode == 1, empty.stdout
+
+
+def test_status_on_a_read_only_data_dir_names_the_path_and_the_permission(
+    daemons: list[Daemon],
+) -> None:
+    # A directory nobody can reach (pytest's tmp root is private); as root, status runs as
+    # nobody (setpriv): root writes into read-only directories.
+    base = Path(tempfile.mkdtemp(prefix="kms-host-ro-"))
+    try:
+        base.chmod(0o755)
+        daemon = Daemon(base, "--listen", "127.0.0.1:0")
+        daemons.append(daemon)
+        daemon.runtime(base / "data")
+        daemon.stop()
+        (base / "data").chmod(0o555)
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        status = subprocess.run(
+            [
+                *(as_nobody if os.geteuid() == 0 else []),
+                *(sys.executable, "-m", "kms_host", "status", "--data-dir", str(base / "data")),
+            ],
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 1, status.stdout
+        assert len(status.stderr.strip().splitlines()) == 1, status.stderr
+        assert str(base / "data") in status.stderr
+        assert "permission denied" in status.stderr
+    finally:
+        (base / "data").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
