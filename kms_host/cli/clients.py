@@ -26,7 +26,7 @@ from kms_host.cli.views import (
     require_table,
 )
 from kms_host.config import Config
-from kms_host.errors import EXIT_OK
+from kms_host.errors import EXIT_FAILURE, EXIT_OK
 from kms_host.policy.catalog import Catalog, Sku
 from kms_host.policy.catalog_file import load_catalog
 from kms_host.storage import ClientRecord, Sighting, open_store
@@ -81,7 +81,7 @@ async def _list_clients(args: argparse.Namespace, config: Config) -> int:
     rows = [_client(record, catalog) for record in records]
     if args.json:
         print(json.dumps(rows, indent=2))
-        return EXIT_OK
+        return EXIT_OK if rows else EXIT_FAILURE
     headers = "LAST SEEN (UTC)|APP|MACHINE|CMID|PRODUCT|LICENSE|VER|RESULT|REQS|PEER|NOTE"
     table = [
         (
@@ -100,7 +100,7 @@ async def _list_clients(args: argparse.Namespace, config: Config) -> int:
         for row in rows
     ]
     print(format_table(headers.split("|"), table, decorated=sys.stdout.isatty()))
-    return EXIT_OK
+    return EXIT_OK if rows else EXIT_FAILURE  # the README's "nothing matched"
 
 
 def _client(record: ClientRecord, catalog: Catalog) -> dict[str, Any]:

@@ -118,21 +118,27 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         main = supervise if config.server.workers > 1 else serve
         loop.run(lambda: main(config), config.server.event_loop)
+    # Each failure is logged (for log collectors) and said in one line on stderr, as a
+    # config error before logging starts is, whichever the log format.
     except ConfigError as exc:
         log.error("config_error", key=exc.key, detail=str(exc))
+        print(f"kms-host: config error at {exc.key}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except WorkerError as exc:  # the supervisor has logged which worker and how
         log.error("workers_failed", detail=str(exc))
+        print(f"kms-host: workers failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except (KmsHostError, OSError) as exc:
         log.error("start_failed", detail=str(exc), error=type(exc).__name__)
+        print(f"kms-host: start failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
 
 def _check_config(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.file, env={}, overrides=ConfigOverrides())
+        # The environment applies as it does for ``serve``: what passes here must start.
+        config = load_config(args.file, env=os.environ, overrides=ConfigOverrides())
         check_catalog_settings(config, load_catalog())
     except ConfigError as exc:
         print(f"{args.file}: {exc.key}: {exc}", file=sys.stderr)

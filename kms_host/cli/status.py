@@ -15,13 +15,20 @@ import json
 import os
 from datetime import datetime, timedelta
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-from kms_host.cli.views import APPS, LICENSE_LABELS, add_common, command, host_now, require_table
+from kms_host.cli.views import (
+    APPS,
+    LICENSE_LABELS,
+    add_common,
+    command,
+    host_now,
+    read_runtime,
+    require_table,
+)
 from kms_host.config import Config
 from kms_host.errors import EXIT_OK
-from kms_host.host.app import RUNTIME_FILE, check_catalog_settings
+from kms_host.host.app import check_catalog_settings
 from kms_host.host.identity import IDENTITY_FILE, HostIdentity, load_identity
 from kms_host.policy.activation import AppTally, reported_count
 from kms_host.policy.catalog import Catalog
@@ -54,13 +61,17 @@ async def _status(args: argparse.Namespace, config: Config) -> int:
     finally:
         await store.close()
     identity = _identity(config, catalog, now)
+    daemon = read_runtime(config.storage.data_dir)
+    settings = daemon.get("settings") if daemon and daemon["running"] else None
+    listen = settings["listen"] if settings else [str(a) for a in config.server.listen]
     held = [group.key for group in catalog.host_key_groups if group.key in scope]
     document = {
         "version": metadata.version("kms-host"),
         "rijndael": rijndael_build(),
         "data_dir": str(config.storage.data_dir),
-        "daemon": _runtime(config.storage.data_dir),
-        "listen": [str(a) for a in config.server.listen] or ["[::]:1688"],
+        "daemon": daemon,
+        "settings_from": f"daemon pid {daemon['pid']}" if settings and daemon else "config",
+        "listen": listen or ["[::]:1688"],
         "metrics_listen": str(config.metrics.listen) if config.metrics.listen else None,
         "scope": held,
         "hwid": format_hwid(identity.hwid) if identity else None,
@@ -96,7 +107,11 @@ def _application(
     app = next((a for a in catalog.applications.values() if a.key == key), None)
     return {
         "name": app.name if app else f"unknown application {key}",
-        "current_count": reported_count(tally, required=0, counting=config.counting),
+        # As a client of the application's threshold is told (the probe's request): with
+        # prefill, a fresh genuine host already counts threshold - 1, not 0.
+        "current_count": reported_count(
+            tally, required=app.threshold if app else 0, counting=config.counting
+        ),
         "live_clients": tally.live_clients,
         "threshold": app.threshold if app else None,
         "table_rows": rows,
@@ -110,24 +125,6 @@ def _identity(config: Config, catalog: Catalog, now: datetime) -> HostIdentity |
     return load_identity(
         config.storage.data_dir, catalog=catalog, host=config.host, today=now.date(), rng=os.urandom
     )
-
-
-def _runtime(data_dir: Path) -> dict[str, Any] | None:
-    """What the daemon wrote at start (``app.RUNTIME_FILE``), and whether its pid still runs."""
-    try:
-        document: dict[str, Any] = json.loads((data_dir / RUNTIME_FILE).read_text("utf-8"))
-        pid = int(document["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        running = False  # killed without a clean stop: the file is stale
-    except PermissionError:
-        running = True  # alive, under another user
-    else:
-        running = True
-    return {**document, "running": running}
 
 
 def _status_text(doc: dict[str, Any]) -> str:
@@ -153,6 +150,7 @@ def _status_text(doc: dict[str, Any]) -> str:
         f"KMS host HwId:         {doc['hwid'] or 'not generated yet (first start)'}",
         f"Activation interval:   {doc['activation_interval_min']} minutes",
         f"Renewal interval:      {doc['renewal_interval_min']} minutes",
+        f"Settings from:         {doc['settings_from']}",
         f"Counting:              {counting['mode']}, prefill {counting['prefill']},"
         f" {counting['window_days']}-day window, clock offset {counting['clock_offset_s']:+g} s",
         "",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -25,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from kms_host.clock import Clock
-from kms_host.config import Config, ConfigOverrides, load_config
+from kms_host.config import Config, ConfigOverrides, CountingMode, Prefill, load_config
 from kms_host.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, KmsHostError
+from kms_host.host.app import RUNTIME_FILE
 from kms_host.storage import DATABASE_FILE
 from protocol.kms import LicenseStatus
 
@@ -36,9 +38,11 @@ __all__ = [
     "Failure",
     "add_common",
     "command",
+    "daemon_config",
     "format_table",
     "host_now",
     "iso",
+    "read_runtime",
     "report",
     "require_table",
 ]
@@ -83,6 +87,7 @@ def command(run: Run) -> Callable[[argparse.Namespace], int]:
             config = load_config(
                 args.config, env=os.environ, overrides=ConfigOverrides(data_dir=args.data_dir)
             )
+            config = daemon_config(config, read_runtime(config.storage.data_dir))
             return asyncio.run(run(args, config))
         except ConfigError as exc:
             print(f"kms-host: config error at {exc.key}: {exc}", file=sys.stderr)
@@ -103,6 +108,66 @@ def require_table(config: Config) -> None:
         raise Failure(
             f"no client table in {config.storage.data_dir} (has the daemon run there? --data-dir)"
         )
+
+
+def read_runtime(data_dir: Path) -> dict[str, Any] | None:
+    """What a daemon wrote at start (``runtime.json``) and whether its pid runs; None if absent.
+
+    A file that is there but unreadable is a Failure naming it: guessing "not running" would
+    hide the daemon a user asks about.
+    """
+    path = data_dir / RUNTIME_FILE
+    try:
+        document = json.loads(path.read_text("utf-8"))
+        pid = int(document["pid"])
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise Failure(f"cannot read {path}: {exc.strerror}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Failure(f"{path} is not a kms-host runtime file ({exc!r})") from None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        running = False  # killed without a clean stop: the file is stale
+    except PermissionError:
+        running = True  # alive, under another user
+    else:
+        running = True
+    return {**document, "running": running}
+
+
+def daemon_config(config: Config, runtime: dict[str, Any] | None) -> Config:
+    """``config`` with the running daemon's answer-shaping settings, when one runs.
+
+    The views report what the daemon answers, not what their own file and environment
+    would make a new daemon answer; with no daemon running, ``config`` stays as given.
+    """
+    if runtime is None or not runtime["running"] or not isinstance(runtime.get("settings"), dict):
+        return config
+    settings: dict[str, Any] = runtime["settings"]
+    try:
+        return dataclasses.replace(
+            config,
+            counting=dataclasses.replace(
+                config.counting,
+                mode=CountingMode(settings["counting_mode"]),
+                prefill=Prefill(settings["prefill"]),
+                fixed_count=int(settings["fixed_count"]),
+                window_days=int(settings["window_days"]),
+            ),
+            clock=dataclasses.replace(config.clock, offset_s=float(settings["clock_offset_s"])),
+            host=dataclasses.replace(
+                config.host,
+                scope=tuple(str(name) for name in settings["scope"]),
+                activation_interval_min=int(settings["activation_interval_min"]),
+                renewal_interval_min=int(settings["renewal_interval_min"]),
+            ),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise Failure(
+            f"{config.storage.data_dir / RUNTIME_FILE}: unreadable settings ({exc!r})"
+        ) from None
 
 
 def host_now(config: Config) -> datetime:

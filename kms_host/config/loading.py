@@ -103,7 +103,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str], overrides: ConfigO
 
 def _check_section(section: str, origin: str, key: str) -> None:
     if section not in _SECTIONS:
-        known = ", ".join(_SECTIONS)
+        known = ", ".join([*_SECTIONS, *_STRUCTURED])
         raise ConfigError(f"unknown section (from {origin}; known: {known})", key)
 
 

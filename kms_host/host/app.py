@@ -23,8 +23,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -39,6 +38,7 @@ from kms_host.discovery.zone import SrvZone
 from kms_host.errors import ConfigError
 from kms_host.host.identity import load_identity
 from kms_host.host.listener import KmsServer, ServerLimits
+from kms_host.host.lock import hold_data_dir
 from kms_host.host.metrics import serve_metrics
 from kms_host.host.observe import HostObserver
 from kms_host.host.reload import reload_scenarios
@@ -56,6 +56,7 @@ __all__ = [
     "log_listening",
     "run_dns",
     "runtime_file",
+    "runtime_settings",
     "serve",
     "signal_trigger",
     "start_activation",
@@ -81,13 +82,20 @@ listens and whether it runs (its ``pid``)."""
 
 @contextlib.contextmanager
 def runtime_file(
-    data_dir: Path, bound: BoundAddresses, started: datetime, workers: tuple[int, ...] = ()
+    config: Config, bound: BoundAddresses, workers: tuple[int, ...] = ()
 ) -> Iterator[None]:
-    """Write ``runtime.json`` for the context's duration; ``workers`` are the workers' pids."""
-    path = data_dir / RUNTIME_FILE
+    """Write ``runtime.json`` for the context's duration; ``workers`` are the workers' pids.
+
+    ``started_at`` is real time, not the host clock (``[clock] offset_s`` shifts what clients
+    are told, not when the process started). ``settings`` are the effective values that shape
+    the answers, so that ``status`` and ``clients`` report what this daemon does rather than
+    what their own config and environment would say.
+    """
+    path = config.storage.data_dir / RUNTIME_FILE
     document = {
         "pid": os.getpid(),
-        "started_at": started.isoformat(),
+        "started_at": datetime.now(UTC).isoformat(),
+        "settings": runtime_settings(config),
         **{
             kind: [format_address(a) for a in getattr(bound, kind)]
             for kind in ("tcp", "dns", "metrics")
@@ -101,6 +109,24 @@ def runtime_file(
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def runtime_settings(config: Config) -> dict[str, object]:
+    """The effective settings ``runtime.json`` records (read back by ``kms-host status``)."""
+    return {
+        "config_file": str(config.source) if config.source else None,
+        "listen": [str(address) for address in config.server.listen],
+        "metrics_listen": str(config.metrics.listen) if config.metrics.listen else None,
+        "workers": config.server.workers,
+        "counting_mode": config.counting.mode.value,
+        "prefill": config.counting.prefill.value,
+        "fixed_count": config.counting.fixed_count,
+        "window_days": config.counting.window_days,
+        "scope": list(config.host.scope),
+        "clock_offset_s": config.clock.offset_s,
+        "activation_interval_min": config.host.activation_interval_min,
+        "renewal_interval_min": config.host.renewal_interval_min,
+    }
 
 
 ShutdownTrigger = Callable[[], Awaitable[object]]
@@ -305,6 +331,7 @@ async def serve(
     catalog = load_catalog()
     scope = check_catalog_settings(config, catalog)
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(hold_data_dir(config.storage.data_dir))
         store = await open_store(
             config.storage.data_dir,
             synchronous=config.storage.synchronous,
@@ -326,7 +353,7 @@ async def serve(
         )
         dns_bound = await stack.enter_async_context(run_dns(config, bound))
         addresses = BoundAddresses(tcp=tuple(bound), dns=tuple(dns_bound), metrics=metrics.bound)
-        stack.enter_context(runtime_file(config.storage.data_dir, addresses, clock.now()))
+        stack.enter_context(runtime_file(config, addresses))
         log_listening(config, scope, addresses, counts=service.counts)
         if on_ready is not None:
             on_ready(addresses)

@@ -115,7 +115,15 @@ def _read(path: Path) -> tuple[str, dict[str, str]]:
     """The stored HwId text and ePIDs; empty when the host has never started here."""
     if not path.exists():
         return "", {}
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key="storage.data_dir") from exc
+    except ValueError as exc:  # empty, truncated, not UTF-8: JSONDecodeError, UnicodeDecodeError
+        raise ConfigError(
+            f"{path} is not valid JSON ({exc}); remove it to generate a new identity",
+            key="storage.data_dir",
+        ) from None
     if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
         raise ConfigError(f"{path} is not a kms-host identity file", key="storage.data_dir")
     epids = data.get("epids", {})

@@ -1,19 +1,21 @@
 """SIGHUP: re-read the config file's ``[[scenario]]`` tables and swap them in, or keep the old.
 
-Only the rules are re-applied; every other setting needs a restart. The parsing is the
+The whole file must validate (as ``serve`` would resolve it) before anything is applied;
+only the rules are re-applied, every other setting needs a restart. The parsing is the
 policy's (:func:`~kms_host.policy.scenario.parse_scenarios`); reading the file and logging
 the outcome are the host's.
 """
 
 from __future__ import annotations
 
-import tomllib
+import os
 from pathlib import Path
 
 import structlog
 
+from kms_host.config import ConfigOverrides, load_config
 from kms_host.errors import ConfigError
-from kms_host.policy.scenario import ScenarioBook, ScenarioRule, parse_scenarios
+from kms_host.policy.scenario import ScenarioBook, ScenarioRule
 
 __all__ = ["load_scenarios", "reload_scenarios"]
 
@@ -35,11 +37,10 @@ def reload_scenarios(book: ScenarioBook, path: Path | None) -> None:
 
 
 def load_scenarios(path: Path) -> tuple[ScenarioRule, ...]:
-    """The ``[[scenario]]`` tables of a config file (only those: the rest is not re-applied)."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", "") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}", "") from exc
-    return parse_scenarios(document.get("scenario", []))
+    """The ``[[scenario]]`` tables of a config file, once the whole file validates.
+
+    The file is resolved as ``serve`` resolves it (with the environment), so that an edit
+    that breaks another section is reported now, naming its key, rather than installing the
+    rules and failing at the next restart. Only the rules are re-applied.
+    """
+    return load_config(path, env=os.environ, overrides=ConfigOverrides()).scenario

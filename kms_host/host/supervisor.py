@@ -61,6 +61,7 @@ from kms_host.host.app import (
 )
 from kms_host.host.identity import load_identity
 from kms_host.host.listener import reserve_addresses
+from kms_host.host.lock import hold_data_dir
 from kms_host.host.metrics import WorkerMetrics, forget_worker, serve_metrics
 from kms_host.policy.activation import AppTally, reported_count
 from kms_host.policy.catalog import Catalog
@@ -278,11 +279,13 @@ async def supervise(config: Config) -> None:
     scope = check_catalog_settings(config, catalog)
     clock = Clock(timedelta(seconds=config.clock.offset_s))
     data_dir = config.storage.data_dir
-    metrics_dir = _metrics_dir(config)
-    workers = _Workers(config, metrics_dir)
     stop = asyncio.Event()
-    _handle_signals(stop, workers)
     async with contextlib.AsyncExitStack() as stack:
+        # Held for the workers too: they are this host, so they never take it themselves.
+        stack.enter_context(hold_data_dir(data_dir))
+        metrics_dir = _metrics_dir(config)
+        workers = _Workers(config, metrics_dir)
+        _handle_signals(stop, workers)
         if metrics_dir is not None:
             stack.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
         # The data dir is made ready here, once, before any worker opens it.
@@ -312,9 +315,7 @@ async def supervise(config: Config) -> None:
         log.info("workers_started", pids=workers.pids, addresses=addresses)
         dns_bound = await stack.enter_async_context(run_dns(config, bound))
         everything = BoundAddresses(tcp=tuple(bound), dns=tuple(dns_bound), metrics=metrics.bound)
-        stack.enter_context(
-            runtime_file(data_dir, everything, clock.now(), workers=tuple(workers.pids))
-        )
+        stack.enter_context(runtime_file(config, everything, workers=tuple(workers.pids)))
         log_listening(config, scope, everything, counts=await counts(), workers=len(workers.pids))
         exited = await workers.watch(stop)
         if exited is not None:

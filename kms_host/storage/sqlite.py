@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import sqlite3
 import time
 import uuid
@@ -146,6 +147,14 @@ class SqliteClientStore:
             raise self._storage_error(exc) from exc
 
     def _storage_error(self, exc: sqlite3.Error | OSError) -> StorageError:
+        # SQLite says "unable to open database file" for a read-only data dir (WAL needs to
+        # create its -wal and -shm files there): name the permission that is missing.
+        for where in (self._path.parent, self._path):
+            if where.exists() and not os.access(where, os.W_OK):
+                return StorageError(
+                    f"{self._path}: {exc} (permission denied: {where} is not writable"
+                    f" by uid {os.getuid()})"
+                )
         return StorageError(f"{self._path}: {exc}")
 
     def _note_data_version(self, conn: sqlite3.Connection) -> None:

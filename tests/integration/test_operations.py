@@ -244,7 +244,8 @@ async def test_clients_text_is_aligned_and_filters(
     assert [row[column:].split()[0] for row in rows] == ["o.lab", "w.lab"]
     office = await cli.json("clients", "--app", "office")
     assert [row["machine_name"] for row in office] == ["o.lab"]
-    assert await cli.json("clients", "--since", "0.0000001") == []
+    code, out, _ = await cli.run("clients", "--since", "0.0000001", "--json")
+    assert (code, json.loads(out)) == (1, [])  # the README's exit 1: nothing matched
 
 
 # --- forget, reset and seed beside the running daemon -----------------------------------------
@@ -315,11 +316,12 @@ async def test_probe_passes_against_a_healthy_host_and_leaves_no_trace(
     assert (code, report["ok"], report["count"]) == (0, True, 0)
     assert report["epid"] in (await cli.json("status"))["epids"].values()
 
-    assert await cli.json("clients") == []
+    code, out, _ = await cli.run("clients", "--json")
+    assert (code, json.loads(out)) == (1, [])  # nothing matched: the probe left no row
     status = await cli.json("status")
     assert status["requests"]["total"] == 0
     assert status["applications"]["windows"]["current_count"] == 0
-    assert str(PROBE_CMID) not in json.dumps(await cli.json("clients"))
+    assert str(PROBE_CMID) not in out
     metrics = await scrape(runtime(host)["metrics"][0])
     assert total(metrics["kms_host_activations_total"], result="probe") == 2
     assert total(metrics["kms_host_activations_total"], result="activated") == 0
@@ -384,7 +386,8 @@ async def test_probe_names_the_hresult_of_a_refusing_host(
     async with run_host(tmp_path, '[host]\nscope = ["office-2019"]\n') as host:
         code, err = await probe(capsys, f"127.0.0.1:{host.port}")
         cli = Cli(capsys, host, tmp_path / "kms-host.toml")
-        assert await cli.json("clients") == []
+        listed = await cli.run("clients", "--json")
+        assert (listed[0], json.loads(listed[1])) == (1, [])  # nothing matched: exit 1
     assert code == 1
     assert ": HRESULT 0xC004F042: the host does not serve this product" in err
 
