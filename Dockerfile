@@ -45,9 +45,10 @@ EXPOSE 1688/tcp
 # Numeric, so that runtimes can check runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /data
-# Healthy only after one real, verified activation (its reserved CMID is never counted).
+# Healthy only after one real, verified activation (its reserved CMID is never counted), on
+# the default port 1688, for the first product the host's scope (KMS_HOST_HOST_SCOPE) serves.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
-    CMD ["kms-host", "probe", "--timeout", "5", "127.0.0.1:1688"]
+    CMD ["kms-host", "probe", "--timeout", "5", "127.0.0.1"]
 # Exec form: kms-host is PID 1 and receives SIGTERM itself, then drains and exits 0.
 ENTRYPOINT ["kms-host"]
 CMD ["serve"]

@@ -227,6 +227,7 @@ def test_the_images_install_and_start_steps_in_a_fresh_venv(
     data.mkdir()
     env["KMS_HOST_STORAGE_DATA_DIR"] = str(data)
     env["KMS_HOST_SERVER_LISTEN"] = "127.0.0.1:0"  # the one change: a free port, not 1688
+    env["KMS_HOST_HOST_SCOPE"] = "office-2019"  # the README's Office-only host is healthy too
     argv = last("ENTRYPOINT").json_args() + last("CMD").json_args()
     program = shutil.which(argv[0], path=env["PATH"])
     assert program is not None
@@ -241,7 +242,9 @@ def test_the_images_install_and_start_steps_in_a_fresh_venv(
         [address] = listening["addresses"]
         assert listening["rijndael"] == "compiled"  # the image ships the compiled engine
         assert listening["event_loop"] == "uvloop"  # and the uvloop extra
-        probe = [word.replace("127.0.0.1:1688", str(address)) for word in health_command()]
+        probe = health_command()
+        assert probe[-1] == "127.0.0.1"  # the default port, 1688, which the image listens on
+        probe[-1] = str(address)
         probe[0] = shutil.which(probe[0], path=env["PATH"]) or probe[0]
         checked = subprocess.run(
             probe, env=env, capture_output=True, text=True, timeout=30, check=False

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import structlog
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kms-host",
         description="A simulated Microsoft KMS host for labs and CI (KMS V4/V5/V6 on TCP 1688).",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"kms-host {metadata.version('kms-host')}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("serve", help="run the KMS host")

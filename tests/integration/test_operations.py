@@ -393,7 +393,7 @@ async def test_probe_names_the_hresult_of_a_refusing_host(
 
 
 def test_probe_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["no-port"], ["127.0.0.1:0"], ["--timeout", "0", "h:1"]):
+    for argv in (["bad port:1688"], ["127.0.0.1:0"], ["--timeout", "0", "h:1"]):
         with pytest.raises(SystemExit) as info:
             main(["probe", *argv])
         assert info.value.code == 2
