@@ -77,9 +77,24 @@ def test_blocking_socket_clients_in_threads_are_answered_together(kms_host: KmsH
         assert response.client_machine_id == cmid
         return response.current_client_count
 
-    with ThreadPoolExecutor(max_workers=len(cmids)) as pool:
+    writing = threading.Event()
+    writing.set()
+
+    def reader() -> list[int]:
+        """Reads the table through the store's API, on its own connection, as the host writes."""
+        seen = []
+        while writing.is_set():
+            seen.append(kms_host.counts()["windows"])
+        return seen
+
+    with ThreadPoolExecutor(max_workers=len(cmids) + 1) as pool:
+        reads = pool.submit(reader)
         counts = list(pool.map(client, cmids))
+        writing.clear()
+        seen = reads.result()
     assert sorted(counts) == [1, 2, 3, 4]
+    assert seen == sorted(seen)  # never a count that went back
+    assert set(seen) <= {0, 1, 2, 3, 4}
     assert {record.cmid for record in kms_host.clients("windows")} == set(cmids)
 
 
