@@ -165,3 +165,97 @@ def test_the_compiled_module_is_imported_and_matches_fips197_and_the_source(
         check=True,
     )
     assert imported.stdout.split() == [str(site / EXTENSION), "compiled"]
+
+
+LAB_TESTS = """
+import subprocess
+import sys
+import uuid
+
+import blocking_client
+import pytest
+
+
+def test_a_blocking_socket_client_is_answered(kms_host):
+    cmid = uuid.uuid4()
+    request = blocking_client.windows_request(cmid)
+    response = blocking_client.activate(kms_host.host, kms_host.port, request)
+    assert (response.client_machine_id, response.current_client_count) == (cmid, 25)
+    assert [client.cmid for client in kms_host.clients()] == [cmid]
+
+
+@pytest.mark.kms_host_config('[counting]\\nprefill = "none"\\n')
+def test_sync(kms_host):
+    client = [sys.executable, "-m", "kms_host", "activate", kms_host.address]
+    subprocess.run(client, check=True, capture_output=True, timeout=60)
+    assert kms_host.activate(require_activation=True).hresult == 0xC004F038
+    assert kms_host.counts()["windows"] == 2
+    kms_host.advance(days=31)
+    assert kms_host.counts()["windows"] == 0
+
+
+async def test_async(kms_host):
+    kms_host.rules({"sku": "2de67392-b7a7-462a-b1ca-108dd189f588", "hresult": "0xC004F042"})
+    assert (await kms_host.aactivate()).hresult == 0xC004F042
+    assert (await kms_host.acounts())["windows"] == 0
+"""
+
+
+def test_the_fixture_works_in_an_empty_directory_with_only_the_package(
+    pure_wheel: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A lab's suite: ``pip install 'kms-host[pytest]'`` into a new venv, and nothing else.
+
+    No pytest-asyncio (the async test runs on the plugin's own runner), no conftest, the
+    package from its wheel rather than this checkout. The venv gets no pip of its own: this
+    interpreter's pip installs into it (``--python``), from pip's cache where it can.
+    """
+    venv, lab = tmp_path / "venv", tmp_path / "lab"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", f"{pure_wheel[0]}[pytest]"],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    lab.mkdir()
+    (lab / "test_lab.py").write_text(LAB_TESTS)
+    shutil.copy2(ROOT / "tests" / "integration" / "blocking_client.py", lab)
+    result = subprocess.run(
+        [python, "-m", "pytest", "-v", "-p", "no:cacheprovider"],
+        cwd=lab,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
+    # No async plugin came with it: the plugins pytest names are this one alone.
+    assert re.search(r"^plugins: kms-host-\S+$", result.stdout, re.M), result.stdout
+
+
+def test_the_package_imports_without_pytest() -> None:
+    """Only pytest loads the plugin module; every other module must import without pytest."""
+    probe = """
+import importlib, pkgutil, sys
+sys.modules["pytest"] = None  # "import pytest" now raises ImportError
+import kms_host
+names = [m.name for m in pkgutil.walk_packages(kms_host.__path__, "kms_host.")]
+for name in names:
+    if name not in ("kms_host.pytest_plugin", "kms_host.__main__"):  # __main__ runs the CLI
+        importlib.import_module(name)
+print(len(names))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 50

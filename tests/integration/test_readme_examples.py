@@ -1,9 +1,10 @@
-"""The README's promises about the command line, held to what the commands do: the log example
-against a real daemon's JSON events, and ``--version``."""
+"""The README's promises, held to what the code does: the log example against a real daemon's
+JSON events, ``--version``, and the pytest fixture's examples run as a user's suite."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -67,3 +68,24 @@ def test_version_names_the_installed_package(capsys: pytest.CaptureFixture[str])
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out == f"kms-host {metadata.version('kms-host')}\n"
+
+
+def test_the_fixture_examples_pass_as_written(tmp_path: Path) -> None:
+    """The fixture section's Python blocks, as one test file, with no async plugin loaded."""
+    section = README.split("### The `kms_host` pytest fixture", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)
+    (tmp_path / "test_readme.py").write_text("\n\n".join(blocks), encoding="utf-8")
+    scripts = str(Path(sys.executable).parent)  # where pip put the kms-host command
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": scripts + os.pathsep + os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tests = re.findall(r"^(?:async )?def (test_\w+)", "".join(blocks), re.M)
+    assert len(tests) == 6, tests
+    assert f"{len(tests)} passed" in result.stdout, result.stdout
