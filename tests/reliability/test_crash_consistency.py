@@ -23,6 +23,7 @@ import json
 import os
 import random
 import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ async def kill_repeatedly(tmp_path: Path, target: str, kills: int, rng: random.R
 async def run_kills(tmp_path: Path, kills: int, capsys: pytest.CaptureFixture[str]) -> None:
     """The three targets side by side, each on its own data dir (CI time: their starts overlap)."""
     chosen = seed()
+    print(f"KMS_HOST_RELIABILITY_SEED={chosen}", file=sys.stderr)  # shown if the test fails
     rng = random.Random(chosen)
     config = tmp_path / "kms-host.toml"
     config.write_text('[counting]\nprefill = "none"\n', encoding="utf-8")
