@@ -1,0 +1,190 @@
+"""What the reliability tests share: the daemon as a subprocess, requests, and a client load.
+
+The daemon runs as an operator runs it (``python -m kms_host serve`` on 127.0.0.1 port 0, a
+real SQLite file); its JSON lines (the supervisor's and its workers', on one stdout) are read
+by a thread. The load is many strict clients at once (:mod:`kms_host.client.strict`: every
+answer verified as a Windows client verifies it, spec 5.7), each activating fresh CMIDs over
+fresh connections, so that every acknowledged CMID is a distinct row the table must hold.
+
+Product identities are facts from the spec (section 8.4), not read from our catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kms_host.client.strict import ClientError, KmsClient
+from protocol.kms import KmsRequest, ProtocolVersion, datetime_to_filetime
+
+WAIT_S = 30.0
+
+WINDOWS = uuid.UUID("55c92734-d682-4d71-983e-d6ec3f16059f")
+WIN10_PRO_SKU = uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")
+WIN10_KMS_ID = uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148")
+
+REQUIRED = 1000
+"""RequiredClientCount sent: the largest the host takes (``policy.max_required_client_count``),
+so the count's cap (twice the largest required count, spec 7.2) is 2000."""
+
+
+def request(cmid: uuid.UUID, version: ProtocolVersion = ProtocolVersion.V6) -> KmsRequest:
+    return KmsRequest(
+        version=version,
+        is_client_vm=0,
+        license_status=2,
+        grace_time_min=43200,
+        application_id=WINDOWS,
+        sku_id=WIN10_PRO_SKU,
+        kms_counted_id=WIN10_KMS_ID,
+        client_machine_id=cmid,
+        required_client_count=REQUIRED,
+        request_time=datetime_to_filetime(datetime.now(UTC)),
+        previous_client_machine_id=uuid.UUID(int=0),
+        machine_name=f"rel-{cmid.hex[:12]}.lab.example",
+    )
+
+
+class Daemon:
+    """``kms-host serve`` as a subprocess, with its JSON log lines collected by a thread."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HOST_")}
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "kms_host", "serve", "--listen", "127.0.0.1:0"),
+                *("--data-dir", str(data_dir), "--log-format", "json", *extra),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.events: list[dict[str, Any]] = []
+        self._ended = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # until the supervisor and every worker closed it
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "not_json", "line": line}
+            with self._changed:
+                self.events.append(event)
+                self._changed.notify_all()
+        self.process.stdout.close()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        with self._changed:
+            return [event for event in self.events if event["event"] == name]
+
+    def wait_for(self, name: str) -> dict[str, Any]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._ended or self.named(name), timeout=WAIT_S)
+        found = self.named(name)
+        assert found, f"no {name} event: {self.events[-20:]}"
+        return found[0]
+
+    def port(self) -> int:
+        return int(self.wait_for("listening")["addresses"][0].rsplit(":", 1)[1])
+
+    def worker_pids(self) -> list[int]:
+        return list(self.wait_for("workers_started")["pids"])
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout=WAIT_S)
+
+    def tracebacks(self) -> list[dict[str, Any]]:
+        """Events carrying a traceback, and plain lines that look like one."""
+        with self._changed:
+            return [e for e in self.events if "exception" in e or "Traceback" in e.get("line", "")]
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie that nobody reaps counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def wait_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not all(gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"still running: {pids}"
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Load:
+    """Strict clients activating fresh CMIDs against one port until :meth:`stop`."""
+
+    port: int
+    clients: int
+    versions: tuple[ProtocolVersion, ...] = (ProtocolVersion.V6,)
+    per_client: int | None = None
+    """Activations each client makes before it ends (None: until stopped)."""
+    sent: set[uuid.UUID] = field(default_factory=set)
+    acked: dict[uuid.UUID, int] = field(default_factory=dict)
+    """CMID -> CurrentClientCount of every verified success answer."""
+    by_version: dict[ProtocolVersion, int] = field(default_factory=dict)
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    """(monotonic time, what failed): expected only once the host was killed."""
+    first_ack: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._client(self.versions[i % len(self.versions)]))
+            for i in range(self.clients)
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await asyncio.gather(*self._tasks)
+
+    async def done(self) -> None:
+        await asyncio.gather(*self._tasks)
+
+    async def _client(self, version: ProtocolVersion) -> None:
+        made = 0
+        while not self._stopping and (self.per_client is None or made < self.per_client):
+            made += 1
+            cmid = uuid.uuid4()
+            self.sent.add(cmid)
+            try:
+                async with await KmsClient.connect("127.0.0.1", self.port) as client:
+                    result = await client.activate(request(cmid, version))
+            except ClientError as exc:
+                self.failures.append((time.monotonic(), f"{exc.stage}: {exc}"))
+                await asyncio.sleep(0.01)  # the host is down: do not spin on refused connects
+                continue
+            if result.hresult != 0 or result.response is None:
+                self.failures.append((time.monotonic(), f"HRESULT 0x{result.hresult:08X}"))
+                continue
+            assert result.response.client_machine_id == cmid
+            self.acked[cmid] = result.response.current_client_count
+            self.by_version[version] = self.by_version.get(version, 0) + 1
+            self.first_ack.set()
