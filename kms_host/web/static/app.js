@@ -64,6 +64,7 @@ function renderStatus(doc) {
     dd.textContent = value;
     return [dt, dd];
   }));
+  document.getElementById("epid-count").textContent = String(Object.keys(doc.epids).length);
   fill(document.querySelector("#epids tbody"), Object.entries(doc.epids), (tr, [group, epid]) => {
     cell(tr, group);
     cell(tr, epid);
