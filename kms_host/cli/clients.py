@@ -11,25 +11,23 @@ import json
 import sys
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 from kms_host.cli.views import (
     APPS,
-    LICENSE_LABELS,
     Failure,
     add_common,
     command,
     format_table,
     host_now,
-    iso,
     report,
     require_table,
 )
 from kms_host.config import Config
 from kms_host.errors import EXIT_FAILURE, EXIT_OK
+from kms_host.host.report import client_row
 from kms_host.policy.catalog import Catalog, Sku
 from kms_host.policy.catalog_file import load_catalog
-from kms_host.storage import ClientRecord, Sighting, open_store
+from kms_host.storage import Sighting, open_store
 from protocol.kms import LicenseStatus
 
 __all__ = ["register"]
@@ -78,7 +76,7 @@ async def _list_clients(args: argparse.Namespace, config: Config) -> int:
         records = await store.clients(app=args.app, since=since)
     finally:
         await store.close()
-    rows = [_client(record, catalog) for record in records]
+    rows = [client_row(record, catalog) for record in records]
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK if rows else EXIT_FAILURE
@@ -101,33 +99,6 @@ async def _list_clients(args: argparse.Namespace, config: Config) -> int:
     ]
     print(format_table(headers.split("|"), table, decorated=sys.stdout.isatty()))
     return EXIT_OK if rows else EXIT_FAILURE  # the README's "nothing matched"
-
-
-def _client(record: ClientRecord, catalog: Catalog) -> dict[str, Any]:
-    sku = catalog.sku(record.sku_id)
-    try:
-        status = LICENSE_LABELS[LicenseStatus(record.license_status)]
-    except ValueError:
-        status = str(record.license_status)
-    return {
-        "app": record.app,
-        "cmid": str(record.cmid),
-        "machine_name": record.machine_name,
-        "sku_id": str(record.sku_id),
-        "sku_name": sku.name if sku else None,
-        "kms_id": str(record.kms_id),
-        "license_status": status,
-        "is_vm": record.is_vm,
-        "required_client_count": record.required_client_count,
-        "protocol_version": record.protocol_version,
-        "last_peer": record.last_peer,
-        "last_hresult": f"0x{record.last_hresult:08X}",
-        "first_seen": iso(record.first_seen),
-        "last_seen": iso(record.last_seen),
-        "last_activated": iso(record.last_activated),
-        "request_count": record.request_count,
-        "synthetic": record.synthetic,
-    }
 
 
 async def _forget(args: argparse.Namespace, config: Config) -> int:

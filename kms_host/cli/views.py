@@ -21,16 +21,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kms_host.clock import Clock
 from kms_host.config import Config, ConfigOverrides, CountingMode, Prefill, load_config
 from kms_host.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, KmsHostError
 from kms_host.host.app import RUNTIME_FILE
+from kms_host.host.report import APPS, LICENSE_LABELS, host_now, iso
 from kms_host.storage import DATABASE_FILE
-from protocol.kms import LicenseStatus
 
 __all__ = [
     "APPS",
@@ -46,20 +44,6 @@ __all__ = [
     "report",
     "require_table",
 ]
-
-APPS = ("windows", "office2010", "office")
-"""The client-counting pools a genuine host keeps (spec 8.4), as catalog application keys."""
-
-LICENSE_LABELS = {
-    LicenseStatus.UNLICENSED: "Unlicensed",
-    LicenseStatus.LICENSED: "Licensed",
-    LicenseStatus.INITIAL_GRACE: "Initial grace",
-    LicenseStatus.OUT_OF_TOLERANCE_GRACE: "Out-of-tolerance grace",
-    LicenseStatus.NON_GENUINE_GRACE: "Non-genuine grace",
-    LicenseStatus.NOTIFICATION: "Notification",
-    LicenseStatus.EXTENDED_GRACE: "Extended grace",
-}
-"""``slmgr /dlv``'s names of the license states a client reports (kms-host-behaviour 2.5)."""
 
 
 class Failure(KmsHostError):
@@ -168,14 +152,6 @@ def daemon_config(config: Config, runtime: dict[str, Any] | None) -> Config:
         raise Failure(
             f"{config.storage.data_dir / RUNTIME_FILE}: unreadable settings ({exc!r})"
         ) from None
-
-
-def host_now(config: Config) -> datetime:
-    return Clock(timedelta(seconds=config.clock.offset_s)).now()
-
-
-def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, decorated: bool) -> str:

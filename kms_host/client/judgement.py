@@ -42,6 +42,7 @@ __all__ = [
     "choose_product",
     "exchange",
     "hex_code",
+    "hresult_name",
     "unavailable",
 ]
 
@@ -244,6 +245,11 @@ class Outcome:
             f"{self.threshold}), ePID {response.epid}{hwid}, intervals "
             f"{response.activation_interval_min}/{response.renewal_interval_min} min; {cmid}"
         )
+
+
+def hresult_name(value: int) -> str | None:
+    """The Microsoft name of an HRESULT a host may answer (``S_OK`` for 0), else None."""
+    return "S_OK" if value == 0 else _HOST_HRESULTS.get(value & 0xFFFFFFFF)
 
 
 def hex_code(value: int) -> str:

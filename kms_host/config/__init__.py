@@ -19,6 +19,7 @@ from kms_host.config.sections import (
     Prefill,
     ServerConfig,
     StorageConfig,
+    WebConfig,
 )
 
 __all__ = [
@@ -36,5 +37,6 @@ __all__ = [
     "Prefill",
     "ServerConfig",
     "StorageConfig",
+    "WebConfig",
     "load_config",
 ]

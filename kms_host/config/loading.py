@@ -11,6 +11,7 @@ instead of silently running with a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from kms_host.config.sections import (
     PolicyConfig,
     ServerConfig,
     StorageConfig,
+    WebConfig,
 )
 from kms_host.discovery.settings import parse_dns_section
 from kms_host.errors import ConfigError
@@ -50,6 +52,7 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "log": LogConfig,
     "metrics": MetricsConfig,
     "clock": ClockConfig,
+    "web": WebConfig,
 }
 _STRUCTURED: Mapping[str, Callable[[Any], Any]] = {
     "dns": parse_dns_section,
@@ -98,7 +101,28 @@ def load_config(path: Path | None, *, env: Mapping[str, str], overrides: ConfigO
         sections[name] = cls(**changes)
     for name, parse in _STRUCTURED.items():
         sections[name] = parse(structured.get(name, [] if name in _ARRAYS else {}))
+    _check_web(sections["web"])
     return Config(**sections, source=path)
+
+
+def _check_web(web: WebConfig) -> None:
+    """Refuse a dashboard beyond loopback without a token, unless ``allow_public`` says so."""
+    if web.listen is None or web.token or web.allow_public or _loopback(web.listen.host):
+        return
+    raise ConfigError(
+        f"web.listen {web.listen} is not a loopback address: set web.token, or"
+        " web.allow_public = true to serve the client table to anyone who can reach it",
+        "web.allow_public",
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _check_section(section: str, origin: str, key: str) -> None:

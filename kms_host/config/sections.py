@@ -34,6 +34,7 @@ __all__ = [
     "Prefill",
     "ServerConfig",
     "StorageConfig",
+    "WebConfig",
 ]
 
 _T = TypeVar("_T")
@@ -267,6 +268,29 @@ class MetricsConfig:
     Default "": off."""
 
 
+def _token(value: object) -> str:
+    if not isinstance(value, str) or (value and not 16 <= len(value) <= 256):
+        raise ValueError("expected a bearer token of 16 to 256 characters, or an empty string")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError("the token must be printable ASCII without spaces")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """``[web]``: the read-only dashboard and JSON API (:mod:`kms_host.web`)."""
+
+    listen: ListenAddress | None = _option(None, _listen_or_empty)  # noqa: RUF009
+    """"HOST:PORT" serving the dashboard at / and the API under /api/, e.g.
+    "127.0.0.1:8688". Default "": off."""
+    token: str = _option("", _token)
+    """Bearer token every request must carry (``Authorization: Bearer TOKEN``, or
+    ``?token=TOKEN`` for the page); 16 to 256 characters. Default "": no token."""
+    allow_public: bool = _option(False, boolean)
+    """Listen on a non-loopback address without a token. Default false: refused, since the
+    client table names machines and addresses."""
+
+
 @dataclass(frozen=True, slots=True)
 class ClockConfig:
     """``[clock]``: the host's notion of time, for lab scenarios."""
@@ -287,6 +311,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     scenario: tuple[ScenarioRule, ...] = ()
@@ -310,7 +335,7 @@ class Config:
         return settings
 
 
-_SECRETS = frozenset({"tsig_secret"})
+_SECRETS = frozenset({"tsig_secret", "token"})
 
 
 def _jsonable(value: object) -> object:

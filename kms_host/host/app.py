@@ -4,14 +4,14 @@
 the CLI passes none and gets SIGTERM/SIGINT handling; tests pass an event's ``wait`` and
 read the bound ports from ``on_ready``. Parts start in dependency order inside one exit
 stack, so they stop in reverse: the ``runtime.json`` marker, DNS (withdrawing a published
-record), then the KMS listener (stop accepting, let calls in flight finish within
-``server.shutdown_grace_s``, cancel the rest), the metrics endpoint (still scraped while the
-listener drains), then storage. A second signal forces the exit.
+record), the dashboard (``[web]``), then the KMS listener (stop accepting, let calls in
+flight finish within ``server.shutdown_grace_s``, cancel the rest), the metrics endpoint
+(still scraped while the listener drains), then storage. A second signal forces the exit.
 
 ``serve --workers N`` builds the same parts in two kinds of process from the pieces
 below: each worker runs :func:`start_activation` (identity, service, listener) on the shared
 data dir, and the supervisor runs the once-only parts (``runtime.json``, DNS, the metrics
-endpoint); see :mod:`kms_host.host.supervisor` and :mod:`kms_host.host.worker`.
+endpoint, the dashboard); see :mod:`kms_host.host.supervisor` and :mod:`kms_host.host.worker`.
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ from kms_host.host.identity import load_identity
 from kms_host.host.listener import KmsServer, ServerLimits
 from kms_host.host.lock import hold_data_dir
 from kms_host.host.metrics import serve_metrics
-from kms_host.host.observe import HostObserver
+from kms_host.host.observe import HostObserver, Observers
 from kms_host.host.reload import reload_scenarios
 from kms_host.host.service import ActivationService
 from kms_host.policy.catalog import Catalog
 from kms_host.policy.catalog_file import load_catalog
 from kms_host.policy.scenario import ScenarioBook
 from kms_host.storage import ClientStore, open_store
+from kms_host.web.feed import ActivationFeed
+from kms_host.web.server import serve_web
 from protocol.kms import rijndael_build
 
 __all__ = [
@@ -72,6 +74,7 @@ class BoundAddresses:
     tcp: tuple[tuple[str, int], ...]
     dns: tuple[tuple[str, int], ...] = ()
     metrics: tuple[tuple[str, int], ...] = ()
+    web: tuple[tuple[str, int], ...] = ()
 
 
 RUNTIME_FILE = "runtime.json"
@@ -98,7 +101,7 @@ def runtime_file(
         "settings": runtime_settings(config),
         **{
             kind: [format_address(a) for a in getattr(bound, kind)]
-            for kind in ("tcp", "dns", "metrics")
+            for kind in ("tcp", "dns", "metrics", "web")
         },
         **({"workers": list(workers)} if workers else {}),
     }
@@ -263,6 +266,7 @@ def log_listening(
         counting_mode=config.counting.mode.value,
         counts=counts,
         metrics=[format_address(address) for address in bound.metrics],
+        web=[format_address(address) for address in bound.web],
         rijndael=rijndael_build(),
         event_loop=loop.running(),
         **extra,
@@ -341,6 +345,7 @@ async def serve(
         metrics = await stack.enter_async_context(
             serve_metrics(config.metrics.listen, catalog=catalog, store=store)
         )
+        feed = ActivationFeed()
         service, bound = await start_activation(
             stack,
             config,
@@ -348,11 +353,16 @@ async def serve(
             scope=scope,
             store=store,
             clock=clock,
-            observer=metrics.observer,
+            observer=Observers(metrics.observer, feed) if config.web.listen else metrics.observer,
             scenarios=scenarios,
         )
+        web_bound = await stack.enter_async_context(
+            serve_web(config, catalog=catalog, scope=scope, store=store, feed=feed)
+        )
         dns_bound = await stack.enter_async_context(run_dns(config, bound))
-        addresses = BoundAddresses(tcp=tuple(bound), dns=tuple(dns_bound), metrics=metrics.bound)
+        addresses = BoundAddresses(
+            tcp=tuple(bound), dns=tuple(dns_bound), metrics=metrics.bound, web=web_bound
+        )
         stack.enter_context(runtime_file(config, addresses))
         log_listening(config, scope, addresses, counts=service.counts)
         if on_ready is not None:

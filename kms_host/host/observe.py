@@ -1,17 +1,20 @@
-"""What the running host reports to whoever watches it (metrics today).
+"""What the running host reports to whoever watches it (metrics and the dashboard).
 
 The service, sessions and listener call one :class:`HostObserver`; the Prometheus
-exporter is one implementation and :class:`NullObserver` the default, so the hot path
+exporter and the dashboard's activation feed are implementations, :class:`Observers` hands
+each happening to several, and :class:`NullObserver` is the default, so the hot path
 never tests for "is anybody listening". Outcomes are typed, not log lines: log levels and
 renderers must not change what the metrics count.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
 
-__all__ = ["ActivationOutcome", "HostObserver", "NullObserver"]
+__all__ = ["ActivationOutcome", "HostObserver", "NullObserver", "Observers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ class ActivationOutcome:
     latency_s: float
     count: int | None
     """The count answered, for activations."""
+    event: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """The fields of the call's ``activation`` log event, as logged (the dashboard's feed)."""
 
 
 class HostObserver(Protocol):
@@ -74,3 +79,40 @@ class NullObserver:
 
     def protocol_violation(self, error: str) -> None:
         """Ignore the violation."""
+
+
+class Observers:
+    """Hands every happening to each of several observers, in order."""
+
+    def __init__(self, *observers: HostObserver) -> None:
+        self._observers = observers
+
+    def activation(self, outcome: ActivationOutcome) -> None:
+        """Pass the outcome on."""
+        for observer in self._observers:
+            observer.activation(outcome)
+
+    def counts(self, counts: dict[str, int]) -> None:
+        """Pass the counts on."""
+        for observer in self._observers:
+            observer.counts(counts)
+
+    def connection_opened(self) -> None:
+        """Pass the connection on."""
+        for observer in self._observers:
+            observer.connection_opened()
+
+    def connection_closed(self) -> None:
+        """Pass the connection on."""
+        for observer in self._observers:
+            observer.connection_closed()
+
+    def connection_refused(self) -> None:
+        """Pass the refusal on."""
+        for observer in self._observers:
+            observer.connection_refused()
+
+    def protocol_violation(self, error: str) -> None:
+        """Pass the violation on."""
+        for observer in self._observers:
+            observer.protocol_violation(error)

@@ -297,14 +297,14 @@ class ActivationService:
         """
         latency = time.perf_counter() - started
         counted = {} if count is None else {"count": count}
-        emit(
-            "activation",
+        event = {
             **fields,
-            result=result,
+            "result": result,
             **counted,
             **log_extra,
-            latency_ms=round(latency * 1000, 3),
-        )
+            "latency_ms": round(latency * 1000, 3),
+        }
+        emit("activation", **event)
         self._observer.activation(
             ActivationOutcome(
                 protocol=fields.get("protocol"),
@@ -314,6 +314,7 @@ class ActivationService:
                 result=observed_as or result,
                 latency_s=latency,
                 count=count,
+                event=event,
             )
         )
 

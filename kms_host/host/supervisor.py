@@ -18,7 +18,9 @@ Theory of operation:
   starts, so none races to create them; ``runtime.json`` names the supervisor's pid, the
   workers' pids and the shared addresses; DNS runs here; ``/metrics`` is served here from
   what the workers write (prometheus-client's multiprocess mode, in :data:`METRICS_DIR`
-  under the data dir, emptied at every start).
+  under the data dir, emptied at every start); so is the dashboard (``[web]``), which reads
+  the shared table for counts and clients; the recent-activations feed is a worker's own and
+  is not served here.
 * Signals. SIGTERM or SIGINT stops the host: ``runtime.json`` goes, DNS stops, and each
   worker gets SIGTERM and drains as a single host does; a second signal kills the workers.
   SIGHUP is passed on (the workers reload their scenario rules). Workers run in sessions of
@@ -67,6 +69,8 @@ from kms_host.policy.activation import AppTally, reported_count
 from kms_host.policy.catalog import Catalog
 from kms_host.policy.catalog_file import load_catalog
 from kms_host.storage import ClientStore, open_store
+from kms_host.web.feed import ActivationFeed
+from kms_host.web.server import serve_web
 
 __all__ = ["METRICS_DIR", "READY", "WORKER_START_TIMEOUT_S", "WORKER_STOP_MARGIN_S", "supervise"]
 
@@ -313,8 +317,20 @@ async def supervise(config: Config) -> None:
                 sock.close()
         addresses = [format_address(address) for address in bound]
         log.info("workers_started", pids=workers.pids, addresses=addresses)
+        # The dashboard reads the shared table; the workers' activations are theirs alone.
+        web_bound = await stack.enter_async_context(
+            serve_web(
+                config,
+                catalog=catalog,
+                scope=scope,
+                store=store,
+                feed=ActivationFeed(available=False),
+            )
+        )
         dns_bound = await stack.enter_async_context(run_dns(config, bound))
-        everything = BoundAddresses(tcp=tuple(bound), dns=tuple(dns_bound), metrics=metrics.bound)
+        everything = BoundAddresses(
+            tcp=tuple(bound), dns=tuple(dns_bound), metrics=metrics.bound, web=web_bound
+        )
         stack.enter_context(runtime_file(config, everything, workers=tuple(workers.pids)))
         log_listening(config, scope, everything, counts=await counts(), workers=len(workers.pids))
         exited = await workers.watch(stop)

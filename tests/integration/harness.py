@@ -119,6 +119,7 @@ class RunningHost:
     logs: list[dict[str, Any]] = field(default_factory=list)
     host: str = "127.0.0.1"
     dns: tuple[tuple[str, int], ...] = ()
+    web: tuple[tuple[str, int], ...] = ()
 
     def client(self, **options: Any) -> Any:
         return KmsClient.connect(self.host, self.port, **options)
@@ -159,7 +160,12 @@ async def run_host(
         assert ready.done(), "the host did not become ready within 10 s"
         bound = ready.result()
         host = RunningHost(
-            port=bound.tcp[0][1], data_dir=data, clock=clock, logs=logs, dns=bound.dns
+            port=bound.tcp[0][1],
+            data_dir=data,
+            clock=clock,
+            logs=logs,
+            dns=bound.dns,
+            web=bound.web,
         )
         try:
             yield host

@@ -274,3 +274,31 @@ def test_a_reservation_settles_port_zero_for_reuse_port_listeners() -> None:
     finally:
         for listener in listeners:
             listener.close()
+
+
+@pytest.mark.asyncio
+async def test_the_supervisor_serves_the_dashboard_from_the_shared_table(tmp_path: Path) -> None:
+    """Counts and clients are the table's, whichever worker answered; the feed says it is off."""
+    config = tmp_path / "kms-host.toml"
+    config.write_text('[web]\nlisten = "127.0.0.1:0"\n[counting]\nprefill = "none"\n')
+    daemon = Daemon(tmp_path, "--workers", "2", "--config", str(config))
+    try:
+        port = daemon.port()
+        (listening,) = daemon.named("listening")
+        (web,) = listening["web"]
+        cmids = [uuid.uuid4() for _ in range(CLIENTS)]
+        await activate_all(port, cmids)
+
+        def get(path: str) -> Any:
+            with urllib.request.urlopen(f"http://{web}{path}", timeout=5) as response:
+                return json.loads(response.read())
+
+        status = await asyncio.to_thread(get, "/api/status")
+        clients = await asyncio.to_thread(get, "/api/clients?app=windows&limit=1000")
+        feed = await asyncio.to_thread(get, "/api/activations")
+    finally:
+        assert daemon.stop() == 0
+    assert status["applications"]["windows"]["current_count"] == CLIENTS
+    assert len(status["daemon"]["workers"]) == 2
+    assert {row["cmid"] for row in clients["clients"]} == {str(cmid) for cmid in cmids}
+    assert feed == {"available": False, "activations": []}
