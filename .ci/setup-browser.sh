@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the dashboard's browser test needs: Debian's headless-capable Chromium, which
-# Playwright for Python drives through executable_path (tests/kms_host/web/test_browser.py);
+# Playwright for Python drives through executable_path (tests/integration/test_web_browser.py);
 # Playwright's own browser download is never used. Idempotent: does nothing when
 # /usr/bin/chromium is already there.
 set -euo pipefail
