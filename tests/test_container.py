@@ -107,7 +107,8 @@ def test_the_image_keeps_the_operating_promises() -> None:
     assert [step.args for step in STEPS if step.keyword == "ARG" and step.stage < 0] == [
         "BASE=python:3.11-slim"
     ]
-    assert [step.args for step in STEPS if step.keyword == "FROM"] == ["${BASE} AS build", "${BASE}"]
+    froms = [step.args for step in STEPS if step.keyword == "FROM"]
+    assert froms == ["${BASE} AS build", "${BASE}"]
     user = final["USER"].args.split(":")[0]
     assert user not in ("root", "0")
     assert final["VOLUME"].json_args() == [IMAGE_DATA]
