@@ -5,13 +5,17 @@
 #
 # Configuration is KMS_HOST_<SECTION>_<KEY> environment variables (or a TOML file named by
 # KMS_HOST_CONFIG). tests/test_container.py repeats the install and start steps below in a
-# fresh virtual environment, so keep them plain.
+# fresh virtual environment, so keep them plain; tests/container/ builds and runs the image.
+
+# The base of both stages. CI builds against a Debian image it makes itself (python3.11 with
+# its headers, venv and `python`: .ci/container.sh), so that it needs no registry.
+ARG BASE=python:3.11-slim
 
 # --- build: install the package and its dependencies into a self-contained venv -----------
 # With uvloop (a prebuilt wheel), which `serve` runs when installed, and the cipher's compiled
 # engine: KMS_HOST_MYPYC=1 has mypyc turn protocol/kms/cipher/compiled.py into C, which needs a
 # C compiler and libc headers here (python:3.11-slim has Python's headers), not at run time.
-FROM python:3.11-slim AS build
+FROM ${BASE} AS build
 # Debian's current gcc of the image's release: pinning its version would break the build
 # whenever the archive moves on.
 # hadolint ignore=DL3008
@@ -27,7 +31,7 @@ RUN python -m venv /opt/kms-host \
     && KMS_HOST_MYPYC=1 /opt/kms-host/bin/pip install --no-cache-dir '.[uvloop]'
 
 # --- runtime: the venv only, no compiler, run by an unprivileged user ----------------------
-FROM python:3.11-slim
+FROM ${BASE}
 RUN groupadd --system --gid 10001 kms-host \
     && useradd --system --no-log-init --uid 10001 --gid kms-host --home-dir /data kms-host \
     && mkdir /data \
