@@ -25,6 +25,7 @@ from kms_host.cli.views import (
     host_now,
     read_runtime,
     require_table,
+    settings_from,
 )
 from kms_host.config import Config
 from kms_host.errors import EXIT_OK
@@ -70,7 +71,7 @@ async def _status(args: argparse.Namespace, config: Config) -> int:
         "rijndael": rijndael_build(),
         "data_dir": str(config.storage.data_dir),
         "daemon": daemon,
-        "settings_from": f"daemon pid {daemon['pid']}" if settings and daemon else "config",
+        "settings_from": settings_from(config, daemon),
         "listen": listen or ["[::]:1688"],
         "metrics_listen": str(config.metrics.listen) if config.metrics.listen else None,
         "scope": held,

@@ -98,7 +98,8 @@ def load_config(path: Path | None, *, env: Mapping[str, str], overrides: ConfigO
         sections[name] = cls(**changes)
     for name, parse in _STRUCTURED.items():
         sections[name] = parse(structured.get(name, [] if name in _ARRAYS else {}))
-    return Config(**sections, source=path)
+    explicit = frozenset(f"{section}.{key}" for section, key in raw)
+    return Config(**sections, source=path, explicit=explicit)
 
 
 def _check_section(section: str, origin: str, key: str) -> None:
