@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         # Before the run: a table that is not there should not cost the whole sweep.
         table = _table(args) if args.cleanup else None
     except ConfigError as exc:
-        return _usage(f"config error at {exc.key}: {exc}" if exc.key else str(exc))
+        return _usage(exc.summary())
     except Failure as exc:
         print(f"kms-host bench: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -59,7 +59,8 @@ class Leftover:
             return "kms-host bench: no client reached the target's table"
         return (
             f"kms-host bench: left {'' if self.exact else 'up to '}{self.clients} Windows"
-            f" clients in the target's client table, counted like real ones, each named"
+            f" client{'s' if self.clients > 1 else ''} in the target's client table, counted"
+            f" like real ones, named"
             f" {BENCH_MACHINE_NAME}; on the host's machine, `kms-host bench --cleanup"
             " --data-dir DIR` removes them"
         )
@@ -78,8 +79,8 @@ def plan_line(args: argparse.Namespace, modes: Sequence[str]) -> str:
     )
     per_level = args.duration * (2 if args.ceiling else 1)
     return (
-        f"kms-host bench: {levels} level{'s' if levels > 1 else ''} ({shape}) against {target}{ceiling}; each stops"
-        f" after {args.duration:g} s or {args.requests:,} activations"
+        f"kms-host bench: {levels} level{'s' if levels > 1 else ''} ({shape}) against"
+        f" {target}{ceiling}; each stops after {args.duration:g} s or {args.requests:,} activations"
         f" (at most {levels * per_level:g} s in all)"
     )
 

@@ -91,7 +91,7 @@ def command(run: Run) -> Callable[[argparse.Namespace], int]:
             config = daemon_config(config, read_runtime(config.storage.data_dir))
             return asyncio.run(run(args, config))
         except ConfigError as exc:
-            print(f"kms-host: config error at {exc.key}: {exc}", file=sys.stderr)
+            print(f"kms-host: {exc.summary()}", file=sys.stderr)
             return EXIT_USAGE
         except BrokenPipeError:
             # ``kms-host clients | head`` stopped reading: the Python docs' quiet exit.

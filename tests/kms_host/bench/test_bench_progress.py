@@ -74,7 +74,8 @@ async def test_cleanup_removes_the_bench_clients_and_nothing_else(
 ) -> None:
     async with running_host(tmp_path) as (host, port):
         target = f"{host}:{port}"
-        code, _, err = await _cli(capsys, "activate", target, "--machine-name", "real01")
+        seed = ["clients", "seed", "--app", "windows", "--count", "1", "--data-dir", str(tmp_path)]
+        code, _, err = await _cli(capsys, *seed)
         assert code == 0, err
         await _cli(capsys, "bench", target, "--mode", "keepalive", "--concurrency", "2",
                    "--requests", "4", "--pool", "4")  # fmt: skip
@@ -92,7 +93,7 @@ async def test_cleanup_removes_the_bench_clients_and_nothing_else(
         f"kms-host bench: removed 6 clients named {BENCH_NAME} from the client table in"
         f" {tmp_path} (2 sent by this run)"
     )
-    assert [client["machine_name"] for client in listed] == ["real01"]
+    assert [client["machine_name"] for client in listed] == ["seed-0001"]
     assert alone == (
         0,
         "",
