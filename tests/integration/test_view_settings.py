@@ -8,6 +8,7 @@ from the same cwd (the helpers of ``test_data_dir``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,31 @@ def test_plain_status_says_when_no_daemon_runs_in_the_default_data_dir(
     found = _json(tmp_path, "status", "--config", "elsewhere.toml")
     assert found["settings_from"] == f"daemon pid {daemon.process.pid}"
     assert found["applications"]["windows"]["current_count"] == 1
+
+
+def test_status_with_data_dir_reports_a_daemon_set_by_the_environment(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    served, elsewhere = tmp_path / "served", tmp_path / "elsewhere"
+    served.mkdir()
+    elsewhere.mkdir()
+    environment = {
+        "KMS_HOST_COUNTING_MODE": "fixed",
+        "KMS_HOST_COUNTING_FIXED_COUNT": "7",
+        "KMS_HOST_HOST_SCOPE": "office-2019",
+        "KMS_HOST_HOST_ACTIVATION_INTERVAL_MIN": "60",
+    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HOST_")}
+    daemon = Daemon(served, "--listen", "127.0.0.1:0", env={**clean, **environment})
+    daemons.append(daemon)
+    daemon.runtime(served / "data")
+    # Another shell, without those variables, another cwd: status --data-dir DIR.
+    done = _run(elsewhere, "status", "--data-dir", str(served / "data"), "--json", env=clean)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["applications"]["windows"]["current_count"] == 7
+    assert status["applications"]["office"]["current_count"] == 7
+    assert status["scope"] == ["office-2019"]
+    assert status["counting"]["mode"] == "fixed"
+    assert status["activation_interval_min"] == 60
+    assert status["settings_from"] == f"daemon pid {daemon.process.pid}"
