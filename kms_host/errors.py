@@ -43,6 +43,10 @@ class ConfigError(KmsHostError):
         self.message = message
         self.key = key
 
+    def summary(self) -> str:
+        """The one line an operator reads: "config error at KEY: message" (no KEY: none)."""
+        return f"config error at {self.key}: {self}" if self.key else f"config error: {self}"
+
 
 class StorageError(KmsHostError):
     """The client table could not be read or written (the ``sqlite3`` error is the cause)."""

@@ -41,7 +41,14 @@ from protocol.rpc import (
     ServerSettings,
 )
 
-__all__ = ["WINDOWS_10_PRO", "NullServer", "canned_exchanges", "make_request", "seeded_rng"]
+__all__ = [
+    "BENCH_MACHINE_NAME",
+    "WINDOWS_10_PRO",
+    "NullServer",
+    "canned_exchanges",
+    "make_request",
+    "seeded_rng",
+]
 
 # Windows 10 Professional (spec 8.4): an activation a default host answers.
 WINDOWS_10_PRO: Final = (
@@ -49,6 +56,9 @@ WINDOWS_10_PRO: Final = (
     uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588"),  # SKU
     uuid.UUID("58e2134f-8e11-4d17-9cb2-91069c151148"),  # KMS counted ID
 )
+BENCH_MACHINE_NAME: Final = "bench.lab.example"
+"""The machine name of every request ``bench`` sends, so its rows in a host's client table
+can be told apart and removed (``kms-host bench --cleanup``); a reserved name (RFC 2606)."""
 _CANNED_CMID: Final = uuid.UUID("00000000-0000-4000-8000-0000000b0b00")
 _CANNED_TIME: Final = 133_485_408_000_000_000  # 2024-01-01T00:00:00Z as a FILETIME
 _HEADER: Final = struct.Struct("<BBBB4sHHI")  # the 16-byte common header (spec 2.1)
@@ -86,7 +96,7 @@ def make_request(version: ProtocolVersion, cmid: uuid.UUID, request_time: int) -
         required_client_count=25,
         request_time=request_time,
         previous_client_machine_id=uuid.UUID(int=0),
-        machine_name="bench.lab.example",
+        machine_name=BENCH_MACHINE_NAME,
     )
 
 

@@ -11,24 +11,42 @@ the servers to one core and the load generator to the other (docs/performance.md
     taskset -c 0 kms-host bench --null-server --listen 127.0.0.1:1689 &  NULL_PID=$!
     taskset -c 1 kms-host bench 127.0.0.1:1688 --ceiling 127.0.0.1:1689 \
         --server-pid $SERVE_PID --ceiling-pid $NULL_PID
+
+Every activation is real, so the host records each CMID it is sent: a run leaves up to
+``--pool`` Windows clients in the target's table, all with the machine name
+``bench.lab.example``, and says so at the end. ``--cleanup`` with the target's
+``--data-dir`` (or ``--config``), on the host's machine, deletes those rows after the run,
+or alone without a TARGET; the table is a file, which the host's TCP port cannot reach.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import itertools
 import json
 import os
-import platform
 import signal
 import sys
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any
 
 from kms_host.addresses import parse_host_port
 from kms_host.bench import load as bench
-from kms_host.bench.null_server import NullServer
-from protocol.kms import ProtocolVersion, rijndael_build
+from kms_host.bench.null_server import BENCH_MACHINE_NAME, NullServer
+from kms_host.cli.bench_report import (
+    Leftover,
+    level_line,
+    plan_line,
+    print_report,
+    progress_bar,
+    report,
+)
+from kms_host.cli.views import Failure, require_table
+from kms_host.config import Config, ConfigOverrides, load_config
+from kms_host.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, StorageError
+from kms_host.storage import open_store
+from protocol.kms import ProtocolVersion
 
 __all__ = ["register"]
 
@@ -92,32 +110,102 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--server-pid", type=int, help="report the host's peak RSS and CPU")
     parser.add_argument("--ceiling-pid", type=int, help="report the null server's CPU")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    cleanup = parser.add_argument_group(
+        "cleanup", "remove the bench's clients from the target's table, on the host's machine"
+    )
+    cleanup.add_argument(
+        "--cleanup",
+        action="store_true",
+        help=f"after the run (or alone, without TARGET), remove the clients named"
+        f" {BENCH_MACHINE_NAME}",
+    )
+    cleanup.add_argument("--data-dir", type=Path, help="the target daemon's data dir")
+    cleanup.add_argument("--config", type=Path, help="the target daemon's TOML config")
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    problem = _usage_problem(args)
+    if problem:
+        return _usage(problem)
     if args.null_server:
         return asyncio.run(_serve_null(*args.listen))
-    if args.target is None:
-        print("kms-host bench: a TARGET (HOST:PORT) or --null-server is required", file=sys.stderr)
-        return 2
+    try:
+        # Before the run: a table that is not there should not cost the whole sweep.
+        table = _table(args) if args.cleanup else None
+    except ConfigError as exc:
+        return _usage(exc.summary())
+    except Failure as exc:
+        print(f"kms-host bench: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    document, leftover, code = asyncio.run(_bench_and_clean(args, table))
+    if document is not None:
+        if args.json:
+            print(json.dumps(document, indent=2))
+        else:
+            print_report(document, sys.stdout)
+    print(leftover.line(), file=sys.stderr)
+    return code
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    if args.null_server and args.cleanup:
+        return "--cleanup is for a host's table, not for --null-server"
+    if args.target is None and not (args.null_server or args.cleanup):
+        return "a TARGET (HOST:PORT), --null-server or --cleanup is required"
+    if (args.data_dir or args.config) and not args.cleanup:
+        return "--data-dir and --config name the table --cleanup empties"
     if (
         not 0 < args.duration <= 600
         or not 0 < args.requests <= 10_000_000
         or args.pool < 1
         or not 1 <= args.rounds <= 100
     ):
-        print(
-            "kms-host bench: --duration, --requests, --pool and --rounds are bounded",
-            file=sys.stderr,
-        )
-        return 2
-    report = asyncio.run(_bench(args))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print_report(report, sys.stdout)
-    return 0 if any(level["activations"] for level in report["levels"]) else 1
+        return "--duration, --requests, --pool and --rounds are bounded"
+    return None
+
+
+def _usage(message: str) -> int:
+    print(f"kms-host bench: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _table(args: argparse.Namespace) -> Config:
+    """The target's data dir, resolved like ``status``'s; Failure if it has no table."""
+    config = load_config(
+        args.config, env=os.environ, overrides=ConfigOverrides(data_dir=args.data_dir)
+    )
+    require_table(config)
+    return config
+
+
+async def _bench_and_clean(
+    args: argparse.Namespace, table: Config | None
+) -> tuple[dict[str, Any] | None, Leftover, int]:
+    """The run's report (None with ``--cleanup`` alone), what it left, and the exit code.
+
+    The cleanup deletes through the storage API, as ``clients forget`` does: safe beside the
+    running daemon, which reloads its counts when the table changes under it.
+    """
+    results, mix, sent = await _bench(args) if args.target else ([], None, 0)
+    exact = all(not r.errors for r in results if r.target == "kms-host")
+    leftover = Leftover(sent, exact)
+    code = EXIT_OK if args.target is None or any(r.ok for r in results) else EXIT_FAILURE
+    if table is not None:
+        try:
+            store = await open_store(table.storage.data_dir, synchronous=table.storage.synchronous)
+            try:
+                removed = await store.forget_machine(BENCH_MACHINE_NAME)
+            finally:
+                await store.close()
+        except StorageError as exc:
+            print(f"kms-host bench: --cleanup: {exc}", file=sys.stderr)
+            code = EXIT_FAILURE
+        else:
+            leftover = Leftover(sent, exact, removed, str(table.storage.data_dir))
+    if mix is None:
+        return None, leftover, code
+    return report(args, mix, results, leftover), leftover, code
 
 
 async def _serve_null(host: str, port: int) -> int:
@@ -132,19 +220,14 @@ async def _serve_null(host: str, port: int) -> int:
     return 0
 
 
-def _progress(stream: TextIO, label: str) -> bench.Progress | None:
-    if not stream.isatty():
-        return None
+async def _bench(
+    args: argparse.Namespace,
+) -> tuple[list[bench.LevelResult], tuple[tuple[ProtocolVersion, int], ...], int]:
+    """Every level's results, the mix, and how many distinct CMIDs the target was sent.
 
-    def show(done: int, errors: int, elapsed: float) -> None:
-        rate = done / elapsed if elapsed else 0.0
-        stream.write(f"\r\x1b[K{label}: {done} ok, {errors} errors, {rate:,.0f}/s, {elapsed:.1f} s")
-        stream.flush()
-
-    return show
-
-
-async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    Progress goes to stderr: the plan, then a line per finished level, and on a terminal a
+    bar while a level runs.
+    """
     mix = args.mix or bench.parse_mix("6")
     distinct = args.cmids == "distinct"
     size = min(args.pool, args.requests)
@@ -156,148 +239,43 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     # With a ceiling, each level is taken in alternating slices (host, null, host, null, ...)
     # so that this machine's drift in speed, up to 2x within minutes, falls on both alike.
     rounds = args.rounds if args.ceiling else 1
+    modes = _MODES[args.mode]
+    total = len(modes) * len(args.concurrency)
+    terminal = sys.stderr.isatty()
+    print(plan_line(args, modes), file=sys.stderr, flush=True)
     results: list[bench.LevelResult] = []
-    for mode in _MODES[args.mode]:
-        for concurrency in args.concurrency:
-            level: dict[str, bench.LevelResult] = {}
-            for slices_left in range(rounds, 0, -1):
-                for name, (host, port) in targets.items():
-                    done = level.get(name)
-                    taken = done.taken if done else 0
-                    settings = bench.BenchSettings(
-                        mode,
-                        concurrency,
-                        args.duration / rounds,
-                        -(-(args.requests - taken) // slices_left),  # --requests in all
-                        args.timeout,
-                    )
-                    result = await bench.run_level(
-                        host,
-                        port,
-                        settings,
-                        pools[name],
-                        target=name,
-                        progress=_progress(sys.stderr, f"{name} {mode} x{concurrency}"),
-                        server_pid=args.server_pid if name == "kms-host" else args.ceiling_pid,
-                        offset=taken,
-                    )
-                    if sys.stderr.isatty():
-                        sys.stderr.write("\r\x1b[K")
-                    level[name] = done.merged(result) if done else result
-            results += level.values()
-    return _report(args, mix, results)
-
-
-def _affinity(pid: int | None) -> list[int] | None:
-    with contextlib.suppress(OSError):
-        return sorted(os.sched_getaffinity(pid or 0))
-    return None
-
-
-def _report(
-    args: argparse.Namespace,
-    mix: tuple[tuple[ProtocolVersion, int], ...],
-    results: list[bench.LevelResult],
-) -> dict[str, Any]:
-    levels = [result.as_dict() for result in results]
-    by_key = {(r.target, r.mode, r.concurrency): r for r in results}
-    ratios = [
-        _ratio(host, by_key[("null", host.mode, host.concurrency)])
-        for host in results
-        if host.target == "kms-host" and ("null", host.mode, host.concurrency) in by_key
-    ]
-    return {
-        "machine": {
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "bench_cpus": _affinity(None),
-            "server_cpus": _affinity(args.server_pid) if args.server_pid else None,
-            "bench_rijndael": rijndael_build(),
-        },
-        "settings": {
-            "target": f"{args.target[0]}:{args.target[1]}",
-            "ceiling": f"{args.ceiling[0]}:{args.ceiling[1]}" if args.ceiling else None,
-            "mix": {f"{version.value}": weight for version, weight in mix},
-            "cmids": args.cmids,
-            "pool": min(args.pool, args.requests),
-            "duration_s": args.duration,
-            "requests": args.requests,
-        },
-        "levels": levels,
-        "ratios": ratios,
-    }
-
-
-def _ratio(host: bench.LevelResult, null: bench.LevelResult) -> dict[str, Any]:
-    """kms-host's rate over the null server's, measured, projected and read from CPU time.
-
-    The projection divides the null rate by the null server's CPU share: when the load
-    generator, not the null server, was the limit, it estimates what the null server could
-    take (assuming its cost per activation stays flat). ``fraction_by_cpu`` is the load
-    generator's CPU per activation against the null server over kms-host's CPU per
-    activation: when each was the limit on its own core, the measured fraction tends to it,
-    and CPU time per activation moves less than rates when the machine's speed drifts
-    (docs/performance.md). It needs ``--server-pid``.
-    """
-    null_cpu = null.server_cpu_s
-    projected = null.rate / (null_cpu / null.elapsed_s) if null_cpu and null.elapsed_s else None
-    host_cpu = _cpu_us_per_activation(host.server_cpu_s, host.ok)
-    generator_cpu = _cpu_us_per_activation(null.client_cpu_s, null.ok)
-    return {
-        "mode": host.mode,
-        "concurrency": host.concurrency,
-        "fraction_of_null": round(host.rate / null.rate, 3) if null.rate else None,
-        "null_projected_per_s": round(projected, 1) if projected else None,
-        "fraction_of_null_projected": round(host.rate / projected, 3) if projected else None,
-        "host_cpu_us_per_activation": host_cpu,
-        "generator_cpu_us_per_activation": generator_cpu,
-        "fraction_by_cpu": (
-            round(generator_cpu / host_cpu, 3) if host_cpu and generator_cpu else None
-        ),
-    }
-
-
-def _cpu_us_per_activation(cpu_s: float | None, activations: int) -> float | None:
-    return round(cpu_s / activations * 1e6, 1) if cpu_s and activations else None
-
-
-def _print_report(report: dict[str, Any], out: TextIO) -> None:
-    machine = report["machine"]
-    out.write(
-        f"kms-host bench: Python {machine['python']} on {machine['cpus']} CPUs "
-        f"(bench on {machine['bench_cpus']}, server on {machine['server_cpus']})\n"
-    )
-    out.write(
-        f"{'target':9} {'mode':9} {'conc':>5} {'act/s':>9} {'p50 ms':>8} {'p90 ms':>8} "
-        f"{'p99 ms':>8} {'max ms':>8} {'gen':>5} {'srv':>5}  errors\n"
-    )
-    for level in report["levels"]:
-        latency = level["latency_ms"]
-        errors = ", ".join(f"{kind} {count}" for kind, count in level["errors"].items()) or "-"
-        rss = level["server_peak_rss_kib"]
-        server_cpu = level["server_cpu_share"]
-        out.write(
-            f"{level['target']:9} {level['mode']:9} {level['concurrency']:>5} "
-            f"{level['activations_per_s']:>9,.1f} {latency['p50']:>8.2f} {latency['p90']:>8.2f} "
-            f"{latency['p99']:>8.2f} {latency['max']:>8.2f} {level['client_cpu_share']:>5.2f} "
-            f"{'-' if server_cpu is None else f'{server_cpu:.2f}':>5}  "
-            f"{errors}{f'  (server peak RSS {rss / 1024:.1f} MiB)' if rss else ''}\n"
-        )
-    for ratio in report["ratios"]:
-        fraction, projected = ratio["fraction_of_null"], ratio["fraction_of_null_projected"]
-        shown = f"{fraction:.1%}" if fraction is not None else "n/a"
-        if ratio["fraction_by_cpu"] is not None:
-            generator, host = (
-                ratio["generator_cpu_us_per_activation"],
-                ratio["host_cpu_us_per_activation"],
-            )
-            shown += (
-                f" (by CPU per activation: generator {generator:,.0f} us / host {host:,.0f} us"
-                f" = {ratio['fraction_by_cpu']:.1%})"
-            )
-        if projected is not None:
-            shown += f" (of the null server's projected {ratio['null_projected_per_s']:,.0f}/s: "
-            shown += f"{projected:.1%})"
-        out.write(f"kms-host / null ceiling, {ratio['mode']} x{ratio['concurrency']}: {shown}\n")
+    for index, (mode, concurrency) in enumerate(
+        itertools.product(modes, args.concurrency), start=1
+    ):
+        level: dict[str, bench.LevelResult] = {}
+        for slices_left in range(rounds, 0, -1):
+            for name, (host, port) in targets.items():
+                done = level.get(name)
+                taken = done.taken if done else 0
+                settings = bench.BenchSettings(
+                    mode,
+                    concurrency,
+                    args.duration / rounds,
+                    -(-(args.requests - taken) // slices_left),  # --requests in all
+                    args.timeout,
+                )
+                label = f"[{index}/{total}] {mode} x{concurrency} {name}"
+                result = await bench.run_level(
+                    host,
+                    port,
+                    settings,
+                    pools[name],
+                    target=name,
+                    progress=progress_bar(sys.stderr, label, settings) if terminal else None,
+                    server_pid=args.server_pid if name == "kms-host" else args.ceiling_pid,
+                    offset=taken,
+                )
+                if terminal:
+                    sys.stderr.write("\r\x1b[K")
+                level[name] = done.merged(result) if done else result
+        print(level_line(index, total, list(level.values())), file=sys.stderr, flush=True)
+        results += level.values()
+    # Every level starts at the pool's first request: the longest one reached the furthest.
+    reached = max((r.taken for r in results if r.target == "kms-host"), default=0)
+    sent = len({pending.request.client_machine_id for pending in pools["kms-host"][:reached]})
+    return results, mix, sent

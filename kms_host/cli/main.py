@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 
@@ -64,8 +65,20 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line like every other error.
+
+    argparse's own form is the usage summary (several lines for most subcommands) and then
+    the error; scripts and log collectors read the first line. Subcommands' parsers are of
+    this class too (``add_subparsers`` makes its parsers of the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="kms-host",
         description="A simulated Microsoft KMS host for labs and CI (KMS V4/V5/V6 on TCP 1688).",
     )
@@ -115,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        print(f"kms-host: config error at {exc.key}: {exc}", file=sys.stderr)
+        print(f"kms-host: {exc.summary()}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(config.log.format, config.log.level)
     log = structlog.get_logger("kms_host.cli")
@@ -126,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     # config error before logging starts is, whichever the log format.
     except ConfigError as exc:
         log.error("config_error", key=exc.key, detail=str(exc))
-        print(f"kms-host: config error at {exc.key}: {exc}", file=sys.stderr)
+        print(f"kms-host: {exc.summary()}", file=sys.stderr)
         return EXIT_USAGE
     except WorkerError as exc:  # the supervisor has logged which worker and how
         log.error("workers_failed", detail=str(exc))

@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         product = _product(args)
     except ConfigError as exc:
-        print(f"kms-host probe: config error at {exc.key}: {exc}", file=sys.stderr)
+        print(f"kms-host probe: {exc.summary()}", file=sys.stderr)
         return EXIT_USAGE
     except ProductError as exc:
         print(f"kms-host probe: --product: {exc}", file=sys.stderr)

@@ -15,7 +15,14 @@ import argparse
 import json
 from typing import Any
 
-from kms_host.cli.views import LICENSE_LABELS, add_common, command, read_runtime, require_table
+from kms_host.cli.views import (
+    LICENSE_LABELS,
+    add_common,
+    command,
+    read_runtime,
+    require_table,
+    settings_from,
+)
 from kms_host.config import Config
 from kms_host.errors import EXIT_OK
 from kms_host.host.app import check_catalog_settings
@@ -39,8 +46,14 @@ async def _status(args: argparse.Namespace, config: Config) -> int:
     scope = check_catalog_settings(config, catalog)
     store = await open_store(config.storage.data_dir, synchronous=config.storage.synchronous)
     try:
+        daemon = read_runtime(config.storage.data_dir)
         document = await status_document(
-            config, catalog, store, scope=scope, daemon=read_runtime(config.storage.data_dir)
+            config,
+            catalog,
+            store,
+            scope=scope,
+            daemon=daemon,
+            settings_from=settings_from(config, daemon),
         )
     finally:
         await store.close()

@@ -43,6 +43,7 @@ __all__ = [
     "read_runtime",
     "report",
     "require_table",
+    "settings_from",
 ]
 
 
@@ -74,7 +75,7 @@ def command(run: Run) -> Callable[[argparse.Namespace], int]:
             config = daemon_config(config, read_runtime(config.storage.data_dir))
             return asyncio.run(run(args, config))
         except ConfigError as exc:
-            print(f"kms-host: config error at {exc.key}: {exc}", file=sys.stderr)
+            print(f"kms-host: {exc.summary()}", file=sys.stderr)
             return EXIT_USAGE
         except BrokenPipeError:
             # ``kms-host clients | head`` stopped reading: the Python docs' quiet exit.
@@ -90,7 +91,8 @@ def command(run: Run) -> Callable[[argparse.Namespace], int]:
 def require_table(config: Config) -> None:
     if not (config.storage.data_dir / DATABASE_FILE).exists():
         raise Failure(
-            f"no client table in {config.storage.data_dir} (has the daemon run there? --data-dir)"
+            f"no client table in {config.storage.data_dir}: no daemon has run there"
+            " (pass --data-dir DIR, or --config FILE if it sets [storage] data_dir)"
         )
 
 
@@ -121,37 +123,83 @@ def read_runtime(data_dir: Path) -> dict[str, Any] | None:
     return {**document, "running": running}
 
 
+_DAEMON_SETTINGS: dict[str, tuple[str, Callable[[Any], object]]] = {
+    "counting.mode": ("counting_mode", CountingMode),
+    "counting.prefill": ("prefill", Prefill),
+    "counting.fixed_count": ("fixed_count", int),
+    "counting.window_days": ("window_days", int),
+    "clock.offset_s": ("clock_offset_s", float),
+    "host.scope": ("scope", lambda names: tuple(str(name) for name in names)),
+    "host.activation_interval_min": ("activation_interval_min", int),
+    "host.renewal_interval_min": ("renewal_interval_min", int),
+}
+"""The answer-shaping settings a view takes from ``runtime.json``: dotted key -> its name
+there and how to read it back."""
+
+
 def daemon_config(config: Config, runtime: dict[str, Any] | None) -> Config:
     """``config`` with the running daemon's answer-shaping settings, when one runs.
 
-    The views report what the daemon answers, not what their own file and environment
-    would make a new daemon answer; with no daemon running, ``config`` stays as given.
+    The views report what the daemon answers, not what their own defaults would make a new
+    daemon answer; with no daemon running in the data dir chosen, ``config`` stays as given.
+    A key set explicitly (``--config``'s file, ``KMS_HOST_*``) wins over the daemon's: the
+    user asked for it (``products --config office.toml`` shows that file's scope).
     """
-    if runtime is None or not runtime["running"] or not isinstance(runtime.get("settings"), dict):
+    settings = _running_settings(runtime)
+    if settings is None:
         return config
-    settings: dict[str, Any] = runtime["settings"]
+    changes: dict[str, dict[str, object]] = {}
     try:
+        for key, (name, read) in _DAEMON_SETTINGS.items():
+            if key not in config.explicit:
+                section, option = key.split(".")
+                changes.setdefault(section, {})[option] = read(settings[name])
         return dataclasses.replace(
             config,
-            counting=dataclasses.replace(
-                config.counting,
-                mode=CountingMode(settings["counting_mode"]),
-                prefill=Prefill(settings["prefill"]),
-                fixed_count=int(settings["fixed_count"]),
-                window_days=int(settings["window_days"]),
-            ),
-            clock=dataclasses.replace(config.clock, offset_s=float(settings["clock_offset_s"])),
-            host=dataclasses.replace(
-                config.host,
-                scope=tuple(str(name) for name in settings["scope"]),
-                activation_interval_min=int(settings["activation_interval_min"]),
-                renewal_interval_min=int(settings["renewal_interval_min"]),
-            ),
+            **{
+                section: dataclasses.replace(getattr(config, section), **options)
+                for section, options in changes.items()
+            },
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise Failure(
             f"{config.storage.data_dir / RUNTIME_FILE}: unreadable settings ({exc!r})"
         ) from None
+
+
+def settings_from(config: Config, runtime: dict[str, Any] | None) -> str:
+    """Where a view's settings came from, naming the explicit keys that differ from the daemon's.
+
+    With no daemon, it says what the view cannot know: a daemon elsewhere (a config setting
+    ``[storage] data_dir``, another ``--data-dir``) is invisible from this data dir.
+    """
+    settings = _running_settings(runtime)
+    if settings is None or runtime is None:
+        where = "config" if config.explicit - {"storage.data_dir"} else "built-in defaults"
+        return (
+            f"{where} (no running daemon's {RUNTIME_FILE} in {config.storage.data_dir};"
+            " pass --config FILE or --data-dir DIR to read another)"
+        )
+    differing = [
+        key
+        for key, (name, read) in _DAEMON_SETTINGS.items()
+        if key in config.explicit and _value(config, key) != read(settings[name])
+    ]
+    if not differing:
+        return f"daemon pid {runtime['pid']}"
+    return f"daemon pid {runtime['pid']}, except {', '.join(differing)} (given explicitly)"
+
+
+def _running_settings(runtime: dict[str, Any] | None) -> dict[str, Any] | None:
+    if runtime is None or not runtime["running"] or not isinstance(runtime.get("settings"), dict):
+        return None
+    settings: dict[str, Any] = runtime["settings"]
+    return settings
+
+
+def _value(config: Config, key: str) -> object:
+    section, option = key.split(".")
+    return getattr(getattr(config, section), option)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, decorated: bool) -> str:

@@ -102,7 +102,8 @@ def load_config(path: Path | None, *, env: Mapping[str, str], overrides: ConfigO
     for name, parse in _STRUCTURED.items():
         sections[name] = parse(structured.get(name, [] if name in _ARRAYS else {}))
     _check_web(sections["web"])
-    return Config(**sections, source=path)
+    explicit = frozenset(f"{section}.{key}" for section, key in raw)
+    return Config(**sections, source=path, explicit=explicit)
 
 
 def _check_web(web: WebConfig) -> None:

@@ -319,6 +319,9 @@ class Config:
     reloads them."""
     source: Path | None = field(default=None, compare=False)
     """The file these settings came from (SIGHUP re-reads its rules); not itself a setting."""
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
+    """The dotted keys a layer set (the file, ``KMS_HOST_*``, a flag), the rest being
+    defaults: ``status`` and ``clients`` let these win over a running daemon's settings."""
 
     def as_dict(self) -> dict[str, object]:
         """The effective settings as JSON-safe data, for the one ``config`` log line.
@@ -328,7 +331,7 @@ class Config:
         settings: dict[str, object] = {
             section.name: _jsonable(getattr(self, section.name))
             for section in dataclasses.fields(self)
-            if section.name not in ("scenario", "source")
+            if section.name not in ("scenario", "source", "explicit")
         }
         if self.scenario:  # a list of rules, unlike the sections: shown only when there are any
             settings["scenario"] = _jsonable(self.scenario)

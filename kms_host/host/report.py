@@ -60,8 +60,13 @@ async def status_document(
     *,
     scope: frozenset[str],
     daemon: dict[str, Any] | None,
+    settings_from: str | None = None,
 ) -> dict[str, Any]:
-    """``status --json``: ``daemon`` is the running daemon's ``runtime.json`` (or None)."""
+    """``status --json``: ``daemon`` is the running daemon's ``runtime.json`` (or None).
+
+    ``settings_from`` is the view's own account of where its settings came from (the CLI
+    names explicit options that differ from the daemon's); without it, daemon or config.
+    """
     now = host_now(config)
     since = now - timedelta(days=config.counting.window_days)
     tallies = {key: await store.tally(key, since=since) for key in APPS}
@@ -76,7 +81,8 @@ async def status_document(
         "rijndael": rijndael_build(),
         "data_dir": str(config.storage.data_dir),
         "daemon": daemon,
-        "settings_from": f"daemon pid {daemon['pid']}" if settings and daemon else "config",
+        "settings_from": settings_from
+        or (f"daemon pid {daemon['pid']}" if settings and daemon else "config"),
         "listen": listen or ["[::]:1688"],
         "metrics_listen": str(config.metrics.listen) if config.metrics.listen else None,
         "scope": held,

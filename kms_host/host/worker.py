@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, env=os.environ, overrides=overrides)
     except ConfigError as exc:
-        print(f"kms-host worker {args.index}: config error at {exc.key}: {exc}", file=sys.stderr)
+        print(f"kms-host worker {args.index}: {exc.summary()}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(config.log.format, config.log.level)
     try:

@@ -125,6 +125,14 @@ class ClientStore(Protocol):
         """Remove a CMID from every application; returns the number of rows removed."""
         ...
 
+    async def forget_machine(self, machine_name: str) -> int:
+        """Remove every row whose client last gave ``machine_name``; returns how many.
+
+        ``kms-host bench --cleanup``: the load generator's clients all give one name, and
+        their CMIDs are random, so the name is what finds them again.
+        """
+        ...
+
     async def reset(self, app: str | None = None) -> int:
         """Remove every row (of one app); the cumulative counters are kept."""
         ...

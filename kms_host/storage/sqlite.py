@@ -251,6 +251,9 @@ class SqliteClientStore:
     async def forget(self, cmid: uuid.UUID) -> int:
         return await self._submit(queries.forget, cmid)
 
+    async def forget_machine(self, machine_name: str) -> int:
+        return await self._submit(queries.forget_machine, machine_name)
+
     async def reset(self, app: str | None = None) -> int:
         return await self._submit(queries.reset, app)
 

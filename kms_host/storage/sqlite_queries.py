@@ -21,6 +21,7 @@ __all__ = [
     "clients",
     "count_unreadable",
     "forget",
+    "forget_machine",
     "record_batch",
     "reset",
     "seed",
@@ -202,6 +203,11 @@ def clients(
 def forget(conn: sqlite3.Connection, cmid: uuid.UUID) -> int:
     with transaction(conn):
         return conn.execute("DELETE FROM clients WHERE cmid = ?", (str(cmid),)).rowcount
+
+
+def forget_machine(conn: sqlite3.Connection, machine_name: str) -> int:
+    with transaction(conn):
+        return conn.execute("DELETE FROM clients WHERE machine_name = ?", (machine_name,)).rowcount
 
 
 def reset(conn: sqlite3.Connection, app: str | None) -> int:

@@ -39,11 +39,12 @@ def _run(
 
 
 class Daemon:
-    def __init__(self, cwd: Path, *args: str) -> None:
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.cwd = cwd
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kms_host", "serve", "--log-format", "json", *args],
             cwd=cwd,
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

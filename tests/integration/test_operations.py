@@ -403,8 +403,10 @@ def test_probe_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_products_finds_windows_pro_by_gvlk_and_marks_the_scope(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # products reads the daemon's settings from ./data when one runs there: not this cwd's.
+    monkeypatch.chdir(tmp_path)
     gvlk = "W269N-WFGWX-YVC9B-4J6C9-T83GX"
     assert main(["products", gvlk, "--json"]) == 0
     [found] = json.loads(capsys.readouterr().out)

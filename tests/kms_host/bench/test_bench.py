@@ -149,7 +149,8 @@ async def test_cli_json_report_with_the_null_ceiling(
         code = await asyncio.to_thread(main, argv)
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"machine", "settings", "levels", "ratios"}
+    assert set(report) == {"machine", "settings", "levels", "ratios", "left_in_table"}
+    assert report["left_in_table"]["clients"] == 1  # --cmids repeated: one client
     assert report["settings"]["mix"] == {"5": 1, "6": 1}
     assert [(lv["target"], lv["mode"], lv["concurrency"]) for lv in report["levels"]] == [
         (target, mode, concurrency)

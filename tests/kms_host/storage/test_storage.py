@@ -226,6 +226,18 @@ async def test_forget_removes_a_cmid_from_every_app(store: ClientStore) -> None:
 
 
 @pytest.mark.asyncio
+async def test_forget_machine_removes_that_name_and_uncounts_it(store: ClientStore) -> None:
+    for n in range(1, 4):
+        await store.record(sighting(n, machine_name="bench.lab.example"), since=T0)
+    await store.record(sighting(4), since=T0)
+    await store.record(sighting(5, machine_name="BENCH.lab.example"), since=T0)  # not the name
+    assert await store.forget_machine("bench.lab.example") == 3
+    assert await store.forget_machine("bench.lab.example") == 0
+    assert {row.cmid for row in await store.clients()} == {cmid(4), cmid(5)}
+    assert await store.tally("windows", since=T0 - DAY) == AppTally(2, 25)  # the hourly rows too
+
+
+@pytest.mark.asyncio
 async def test_reset_one_app_then_all(store: ClientStore) -> None:
     for n in range(1, 4):
         await store.record(sighting(n), since=T0)
