@@ -26,7 +26,7 @@ from kms_vectors import h, spec_vectors
 import protocol
 from protocol.kms import _primitives, cipher, rijndael_build
 from protocol.kms.cipher import Engine, RijndaelCipher, compiled, interpreted
-from protocol.kms.cipher._wide import MAX_WIDTH
+from protocol.kms.cipher.interpreted import MAX_WIDTH
 
 KEYS = spec_vectors()["keys"]
 V6_TWEAKS = {int(r): int(value, 16) for r, value in KEYS["v6_round_key_tweaks"].items()}
