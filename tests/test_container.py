@@ -18,60 +18,24 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import pytest
+from dockerfile_steps import DOCKERFILE, STEPS, Instruction, health_command, image_env, last
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "Dockerfile"
 UNIT = ROOT / "config" / "kms-host.service"
 IMAGE_VENV = "/opt/kms-host"
 IMAGE_DATA = "/data"
 INSTALL_TIMEOUT_S = 240  # the compiled install: mypy into pip's build env, then gcc
 START_TIMEOUT_S = 15
-
-
-@dataclass(frozen=True)
-class Instruction:
-    stage: int
-    keyword: str
-    args: str
-
-    def json_args(self) -> list[str]:
-        words = json.loads(self.args)
-        assert isinstance(words, list), f"{self.keyword} must use the exec (JSON) form"
-        return [str(word) for word in words]
-
-
-def instructions(text: str) -> list[Instruction]:
-    """The Dockerfile's instructions with line continuations joined; stage 0 is the first.
-
-    An ``ARG`` before the first ``FROM`` (the base image) is in stage -1.
-    """
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    logical = "\n".join(lines).replace("\\\n", " ")
-    stage, result = -1, []
-    for line in filter(str.strip, logical.splitlines()):
-        keyword, _, args = line.strip().partition(" ")
-        stage += keyword.upper() == "FROM"
-        result.append(Instruction(stage, keyword.upper(), args.strip()))
-    return result
-
-
-STEPS = instructions(DOCKERFILE.read_text(encoding="utf-8"))
-
-
-def last(keyword: str) -> Instruction:
-    return [step for step in STEPS if step.keyword == keyword][-1]
 
 
 def tool(name: str) -> str | None:
@@ -135,29 +99,6 @@ def test_the_build_stage_compiles_and_the_runtime_has_no_compiler() -> None:
     assert [step.args for step in runtime if step.keyword == "COPY"] == [
         f"--from=build {IMAGE_VENV} {IMAGE_VENV}"
     ]
-
-
-def health_command() -> list[str]:
-    """The HEALTHCHECK's command: what follows its options' ``CMD``, in exec form."""
-    options, _, command = last("HEALTHCHECK").args.partition("CMD ")
-    assert options.strip().startswith("--")
-    return Instruction(0, "CMD", command.strip()).json_args()
-
-
-def image_env(base: dict[str, str]) -> dict[str, str]:
-    """``base`` plus every ENV of the runtime stage, ``$VAR`` expanded from what came before."""
-    env = dict(base)
-    runtime = max(step.stage for step in STEPS)
-    for step in STEPS:
-        if step.keyword == "ENV" and step.stage == runtime:
-            for pair in shlex.split(step.args):
-                name, _, value = pair.partition("=")
-                env[name] = os.path.expandvars(value) if name != "PATH" else _path(value, env)
-    return env
-
-
-def _path(value: str, env: dict[str, str]) -> str:
-    return value.replace("$PATH", env.get("PATH", ""))
 
 
 def is_system_setup(step: Instruction) -> bool:

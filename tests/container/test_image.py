@@ -9,6 +9,10 @@ runs everywhere, fails when the two part.
 The container joins a user-defined bridge network of its own, not Docker's default bridge
 that every other container shares. Not an ``--internal`` one: Docker publishes no port of a
 container on an internal network, and the activation must come from the host's side.
+
+The last test runs the image under the restrictions of the Kubernetes manifest
+(``deploy/kms-host.yaml``), each of its pod's settings turned into the ``docker run`` flag that
+does the same: a read-only root, a tmpfs for its ``emptyDir``, a volume for its claim.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+MANIFEST = ROOT / "deploy" / "kms-host.yaml"
 IMAGE = os.environ.get("KMS_HOST_TEST_IMAGE", "")
 UID = "10001"  # the Dockerfile's USER
 START_PERIOD_S = 10  # the Dockerfile's HEALTHCHECK --start-period
@@ -123,6 +129,13 @@ class Setup:
         assert isinstance(result, dict)
         return result
 
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + HEALTHY_WITHIN_S
+        while (health := self.run(HEALTH)) != "healthy":
+            assert health == "starting", docker("inspect", self.names["name"])
+            assert time.monotonic() < deadline, docker("inspect", self.names["name"])
+            time.sleep(1)
+
     def wait_listening(self) -> None:
         deadline = time.monotonic() + LISTEN_WITHIN_S
         while '"event": "listening"' not in docker("logs", self.names["name"]):
@@ -140,6 +153,11 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup() -> Iterator[Setup]:
+    yield from running(RUN)
+
+
+def running(template: str) -> Iterator[Setup]:
+    """A container of ``template`` (a ``docker run``) on a network and volume of its own."""
     if not IMAGE:
         pytest.skip("KMS_HOST_TEST_IMAGE names no image (.ci/container.sh builds and sets it)")
     tag = uuid.uuid4().hex[:8]
@@ -156,7 +174,7 @@ def setup() -> Iterator[Setup]:
     ready = Setup(names)
     ready.run(NETWORK)
     try:
-        ready.run(RUN)
+        ready.run(template)
         yield ready
     finally:
         docker("rm", "-f", names["name"], check=False)
@@ -165,11 +183,7 @@ def setup() -> Iterator[Setup]:
 
 
 def test_healthy_within_the_start_period_and_interval(setup: Setup) -> None:
-    deadline = time.monotonic() + HEALTHY_WITHIN_S
-    while (health := setup.run(HEALTH)) != "healthy":
-        assert health == "starting", docker("inspect", setup.names["name"])
-        assert time.monotonic() < deadline, docker("inspect", setup.names["name"])
-        time.sleep(1)
+    setup.wait_healthy()
     health_log = json.loads(
         docker("inspect", "--format", "{{json .State.Health.Log}}", setup.names["name"])
     )
@@ -222,3 +236,68 @@ def test_stops_with_exit_0(setup: Setup) -> None:
     setup.stop()  # exit code 0 and the "stopped" event: SIGTERM reached kms-host, PID 1
     left = docker("ps", "-a", "--filter", f"name=^{setup.names['name']}$", "--format", "{{.ID}}")
     assert left == ""
+
+
+# --- as the Kubernetes manifest runs it ---------------------------------------------------------
+
+
+def manifest_run() -> str:
+    """The ``docker run`` that restricts the image as ``deploy/kms-host.yaml``'s pod does.
+
+    Docker applies its default seccomp profile, as ``RuntimeDefault`` asks; ``fsGroup``, which
+    Kubernetes uses to make the claim writable, is the added group here.
+    """
+    documents = [d for d in yaml.safe_load_all(MANIFEST.read_text(encoding="utf-8")) if d]
+    [deployment] = [d for d in documents if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    [box] = pod["containers"]
+    assert box["image"] == README_NAMES["image"]  # the README's build, here KMS_HOST_TEST_IMAGE
+    context = pod["securityContext"] | box["securityContext"]  # the container's wins
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    [port] = box["ports"]
+    flags = [
+        f"-p {{kms}}:{port['containerPort']}/{port['protocol'].lower()}",
+        f"--user {context['runAsUser']}:{context['runAsGroup']}",
+        f"--group-add {context['fsGroup']}",
+        *["--read-only"] * context["readOnlyRootFilesystem"],
+        *["--security-opt no-new-privileges"] * (not context["allowPrivilegeEscalation"]),
+        *[f"--cap-drop {capability}" for capability in context["capabilities"]["drop"]],
+    ]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for mount in box["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            flags.append(f"--tmpfs {mount['mountPath']}")
+        else:
+            assert "persistentVolumeClaim" in volume, volume
+            flags.append(f"-v {{volume}}:{mount['mountPath']}")
+    flags += ["-e " + shlex.quote(f"{v['name']}={v['value']}") for v in box["env"]]
+    return " ".join(
+        ["docker run -d --name {name} --network {network}", *flags, "{image}", *box["args"]]
+    )
+
+
+@pytest.fixture
+def restricted() -> Iterator[Setup]:
+    yield from running(manifest_run())
+
+
+def test_healthy_and_activates_read_only_as_the_manifest_runs_it(restricted: Setup) -> None:
+    assert "--read-only" in manifest_run().split()
+    assert "--tmpfs /tmp" in manifest_run()
+    restricted.wait_healthy()
+    cmid = str(uuid.uuid4())
+    answer = restricted.activate("--cmid", cmid, "--machine-name", "read-only-test")
+    assert answer["ok"] is True, answer
+    clients = json.loads(docker("exec", restricted.names["name"], "kms-host", "clients", "--json"))
+    assert [(row["cmid"], row["machine_name"]) for row in clients] == [(cmid, "read-only-test")]
+    written = subprocess.run(
+        ["docker", "exec", restricted.names["name"], "touch", "/opt/kms-host/written"],
+        capture_output=True,
+        text=True,
+        timeout=DOCKER_TIMEOUT_S,
+        check=False,
+    )
+    assert written.returncode != 0
+    assert "Read-only file system" in written.stderr  # the root really is read-only
+    restricted.stop()
