@@ -25,7 +25,7 @@ from typing import cast
 
 import structlog
 
-from kms_host.addresses import format_peer
+from kms_host.addresses import IpAddress, format_peer, peer_ip
 from kms_host.host.observe import HostObserver
 from kms_host.host.reply import CallHandler, KmsReply
 from protocol.rpc import (
@@ -79,6 +79,7 @@ class Session(asyncio.Protocol):
         self._reported = False
         self.conn_id = next(_conn_ids)
         self.peer = "unknown"
+        self.peer_ip: IpAddress | None = None
         self._log = log
 
     # --- asyncio.Protocol -----------------------------------------------------------------
@@ -86,7 +87,8 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport: uvloop's is one too, without subclassing asyncio.Transport.
         stream = self._transport = cast(asyncio.Transport, transport)
-        self.peer = format_peer(stream.get_extra_info("peername"))
+        peername = stream.get_extra_info("peername")
+        self.peer, self.peer_ip = format_peer(peername), peer_ip(peername)
         self._log = log.bind(conn_id=self.conn_id, peer=self.peer)
         settings = self._admit(self, stream)
         if settings is None:
