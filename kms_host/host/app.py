@@ -194,9 +194,7 @@ async def _kms_listener(
             btfn=config.server.btfn,
             refused_log_interval_s=config.server.refused_log_interval_s,
         ),
-        peers=PeerPolicy(
-            allow=config.server.allow, proxy_from=config.server.proxy_protocol_from
-        ),
+        peers=PeerPolicy(allow=config.server.allow, proxy_from=config.server.proxy_protocol_from),
     )
     bound = await server.start()
     try:

@@ -206,12 +206,14 @@ class KmsServer:
             on_finished=self._finished,
             idle_timeout_s=self._limits.idle_timeout_s,
             observer=self._observer,
+            gate=self._gate,
         )
 
     def _admit(self, session: Session, transport: asyncio.Transport) -> ServerSettings | None:
         """Take a new connection in, or refuse it: a peer outside ``allow``, or over
         ``max_connections``. Runs before the session reads a byte of the peer's."""
-        if not self._gate.admits(peer=session.peer, address=session.peer_ip):
+        via = {"via": session.via} if session.via else {}
+        if not self._gate.admits(peer=session.peer, address=session.peer_ip, **via):
             return None
         if len(self._sessions) >= self._limits.max_connections:
             self._observer.connection_refused()

@@ -94,11 +94,11 @@ class PeerGate:
         self._observer = observer
         self._log = RefusalLog(log_interval_s)
 
-    def admits(self, *, peer: str, address: IpAddress | None) -> bool:
+    def admits(self, *, peer: str, address: IpAddress | None, **fields: object) -> bool:
         """Whether the peer may in; a peer outside ``allow`` is refused here ("not_allowed")."""
         if self._policy.allows(address):
             return True
-        self.refuse("not_allowed", peer=peer, address=address)
+        self.refuse("not_allowed", peer=peer, address=address, **fields)
         return False
 
     def expects_proxy(self, address: IpAddress | None) -> bool:
