@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from kms_host.client.strict import ClientError, KmsClient
 
 pytestmark = pytest.mark.asyncio
 
+VECTORS = Path(__file__).parents[1] / "vectors" / "vlmcsd-conversations.jsonl"
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 BALANCER = '[server]\nproxy_protocol_from = ["127.0.0.1/32"]\n'
 
@@ -56,6 +58,20 @@ async def test_the_client_named_in_the_header_is_logged_and_kept(tmp_path: Path)
     assert activation["peer"] == "10.1.2.3:40000"
     [row] = [line for line in clients.stdout.splitlines() if "behind-the-balancer" in line]
     assert "10.1.2.3:40000" in row
+
+
+async def test_rpc_bytes_in_the_header_s_segment_are_not_lost(tmp_path: Path) -> None:
+    """A balancer may send the header and the client's first bytes in one segment."""
+    conversation = json.loads(VECTORS.read_text("utf-8").splitlines()[0])
+    bind = bytes.fromhex(conversation["exchanges"][0]["hex"])  # vlmcs's bind, as captured
+    async with run_host(tmp_path, BALANCER) as host:
+        reader, writer = await asyncio.open_connection("127.0.0.1", host.port)
+        writer.write(proxy_v2("10.1.2.3", 40000) + bind)
+        reply = await asyncio.wait_for(reader.readexactly(16), 5)
+        writer.close()
+    assert reply[:3] == bytes([5, 0, 0x0C]), "a bind_ack (C706 12.6.4.4)"
+    [event] = host.events("bind_completed")
+    assert (event["peer"], event["via"].split(":")[0]) == ("10.1.2.3:40000", "127.0.0.1")
 
 
 async def test_the_allow_list_judges_the_named_client(tmp_path: Path) -> None:
