@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,11 +36,19 @@ async def closed_without_answer(port: int, host: str = "127.0.0.1") -> bool:
         writer.close()
 
 
+def scrape(address: tuple[str, int]) -> str:
+    with urllib.request.urlopen(f"http://{address[0]}:{address[1]}/metrics", timeout=5) as page:
+        return str(page.read().decode())
+
+
 async def test_a_peer_outside_allow_is_closed_unread_counted_and_logged(tmp_path: Path) -> None:
-    toml = '[server]\nallow = ["10.0.0.0/8"]\n'
+    toml = '[server]\nallow = ["10.0.0.0/8"]\n[metrics]\nlisten = "127.0.0.1:0"\n'
     async with run_host(tmp_path, toml) as host:
         for _ in range(3):
             assert await closed_without_answer(host.port)
+        metrics = await asyncio.to_thread(scrape, host.metrics[0])
+    assert 'kms_host_connections_refused_total{reason="not_allowed"} 3.0' in metrics
+    assert "kms_host_refused_connections_total 0.0" in metrics  # max_connections' own
     refused = host.events("connection_refused")
     assert [(e["reason"], e["peer"].rsplit(":", 1)[0]) for e in refused] == [
         ("not_allowed", "127.0.0.1")
