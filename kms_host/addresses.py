@@ -15,14 +15,42 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
+    "ANY_PEER",
+    "LAB_NETWORKS",
     "HostCheck",
+    "IpAddress",
+    "IpNetwork",
     "ListenAddress",
     "check_host_name",
     "format_address",
     "format_peer",
     "parse_host_port",
     "parse_listen",
+    "parse_network",
+    "peer_ip",
 ]
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ANY_PEER = "any"
+"""The ``[server] allow`` entry that lets every peer in."""
+
+LAB_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "100.64.0.0/10",
+)
+"""The peers a lab tool serves by default: loopback, private (RFC 1918, IPv6 unique local,
+RFC 4193), link-local (RFC 3927, RFC 4291) and shared address space (RFC 6598). The last is
+not routed on the Internet either; Tailscale's tailnets and several Kubernetes overlays hand
+it out, so a lab reaching its host over one of them works without a config change."""
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -39,6 +67,32 @@ def format_peer(peername: object) -> str:
     if host.startswith("::ffff:") and "." in host:
         host = host.removeprefix("::ffff:")
     return format_address((host, port))
+
+
+def peer_ip(peername: object) -> IpAddress | None:
+    """A socket's peer address as an IP, an IPv4-mapped IPv6 one (a dual-stack socket's view
+    of an IPv4 peer, ``::ffff:a.b.c.d``) as its IPv4 address; None if it is not an IP."""
+    if not isinstance(peername, tuple) or not peername:
+        return None
+    try:
+        address = ipaddress.ip_address(str(peername[0]))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_network(text: str) -> IpNetwork:
+    """A CIDR block ("10.0.0.0/8", "fc00::/7") or a single address; ValueError says why not.
+
+    Host bits must be clear ("10.1.0.0/8" is refused): such a value is usually a typo for a
+    narrower block, and widening it silently would let in more peers than meant.
+    """
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a CIDR block or IP address ({exc})") from None
 
 
 @dataclass(frozen=True, slots=True)

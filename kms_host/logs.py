@@ -11,6 +11,11 @@ renderer, so stdout stays uniformly JSON. Each line is one ``write`` call, so li
 two paths never interleave.
 
 Event names and fields are snake_case and stable: they are an API for whoever parses them.
+
+The console renderer writes string values as they are, and some come from clients (a
+machine name): :func:`_escape_controls` runs first and escapes their control characters
+(:mod:`kms_host.safe_text`), so that a log line on a terminal can neither forge another line
+nor move the cursor. JSON lines escape them already.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor
+
+from kms_host.safe_text import printable
 
 __all__ = ["FORMATS", "LEVELS", "configure_logging"]
 
@@ -62,6 +69,36 @@ def _render_json(_logger: object, _name: str, event_dict: EventDict) -> str:
     return _ENCODER.encode({**head, **event_dict})
 
 
+class _Escaped(str):
+    """A string value shown escaped: as itself when printed, as its original's ``repr``.
+
+    The console renderer prints a string as it is, unless it holds a space, a quote, ``=``
+    or a line break: then it prints its ``repr``, which escapes controls by itself. Either
+    way the controls come out escaped once.
+    """
+
+    _original: str
+
+    def __new__(cls, original: str) -> _Escaped:
+        shown = super().__new__(cls, printable(original))
+        shown._original = original
+        return shown
+
+    def __repr__(self) -> str:
+        return repr(self._original)
+
+
+def _escape_controls(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
+    """String values with their control characters escaped, for the console renderer.
+
+    Other values need nothing: the renderer shows them with ``repr``, which escapes them.
+    """
+    return {
+        key: value if not isinstance(value, str) or value.isprintable() else _Escaped(value)
+        for key, value in event_dict.items()
+    }
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging to ``stream`` (default stdout) at ``level``.
 
@@ -81,7 +118,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     final: list[Processor] = (
         [_DICT_TRACEBACKS, _render_json]
         if as_json
-        else [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        else [_escape_controls, structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     )
     handler = _Handler(stream)
     handler.setFormatter(

@@ -34,6 +34,7 @@ __all__ = [
     "KmsMalformed",
     "MalformedPdu",
     "ProtocolError",
+    "ProxyHeaderError",
     "ResponseVerificationError",
     "RpcError",
     "RpcFault",
@@ -135,3 +136,10 @@ class ResponseVerificationError(ProtocolError):
 
 class EpidError(ProtocolError):
     """An ePID string does not have the layout of spec 6.1."""
+
+
+class ProxyHeaderError(ProtocolError):
+    """A connection that must start with a PROXY protocol v2 header does not (HAProxy's
+    proxy-protocol.txt, section 2.2): the receiver closes it without reading further."""
+
+    action = WireAction.CLOSE

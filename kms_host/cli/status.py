@@ -28,6 +28,7 @@ from kms_host.errors import EXIT_OK
 from kms_host.host.app import check_catalog_settings
 from kms_host.host.report import status_document
 from kms_host.policy.catalog_file import load_catalog
+from kms_host.safe_text import printable
 from kms_host.storage import open_store
 
 __all__ = ["register"]
@@ -107,4 +108,4 @@ def _status_text(doc: dict[str, Any]) -> str:
     for status, label in LICENSE_LABELS.items():
         count = requests["by_license_status"][status.name.lower()]
         lines.append(f"    Requests with License Status {label}: {count}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)

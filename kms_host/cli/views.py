@@ -28,6 +28,7 @@ from kms_host.config import Config, ConfigOverrides, CountingMode, Prefill, load
 from kms_host.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, KmsHostError
 from kms_host.host.app import RUNTIME_FILE
 from kms_host.host.report import APPS, LICENSE_LABELS, host_now, iso
+from kms_host.safe_text import printable
 from kms_host.storage import DATABASE_FILE
 
 __all__ = [
@@ -203,7 +204,11 @@ def _value(config: Config, key: str) -> object:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, decorated: bool) -> str:
-    """Columns aligned with two spaces; on a terminal, a rule under the header and a total."""
+    """Columns aligned with two spaces; on a terminal, a rule under the header and a total.
+
+    Cells have their control characters escaped: machine names are the clients' to choose.
+    """
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:

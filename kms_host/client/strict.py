@@ -81,11 +81,17 @@ class KmsClient:
         ndr64: bool = True,
         btfn: bool = True,
         timeout_s: float = 5.0,
+        preamble: bytes = b"",
     ) -> KmsClient:
-        """Open a TCP connection and bind (with alter_context if needed)."""
+        """Open a TCP connection and bind (with alter_context if needed).
+
+        ``preamble`` is written first: a PROXY protocol header, to stand in for a load
+        balancer in front of a host configured with ``[server] proxy_protocol_from``.
+        """
         try:
             async with asyncio.timeout(timeout_s):
                 reader, writer = await asyncio.open_connection(host, port)
+                writer.write(preamble)
         except TimeoutError as exc:
             raise ClientError(f"connecting to {host}:{port} timed out", stage="timeout") from exc
         except OSError as exc:

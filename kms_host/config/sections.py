@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
-from kms_host.addresses import ListenAddress, parse_listen
+from kms_host.addresses import ANY_PEER, LAB_NETWORKS, ListenAddress, parse_listen, parse_network
 from kms_host.converters import boolean, integer, number
 from kms_host.discovery.settings import DnsConfig
 from kms_host.loop import EVENT_LOOPS
@@ -95,6 +95,23 @@ def _listen_list(value: object) -> tuple[ListenAddress, ...]:
     return tuple(parse_listen(item) for item in value)
 
 
+def _networks(*, allow_any: bool, allow_empty: bool) -> _Converter[tuple[str, ...]]:
+    """A list of CIDR blocks, kept as their normalised text (JSON-safe for the config log)."""
+
+    def convert(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f'expected a list of CIDR strings such as "10.0.0.0/8", got {value!r}')
+        if not value and not allow_empty:
+            raise ValueError(f'an empty list would refuse every peer; for all, give ["{ANY_PEER}"]')
+        if allow_any and ANY_PEER in value:
+            if len(value) > 1:
+                raise ValueError(f'"{ANY_PEER}" lets every peer in: give it alone, got {value!r}')
+            return (ANY_PEER,)
+        return tuple(str(parse_network(item)) for item in value)
+
+    return convert
+
+
 def _string_table(value: object) -> Mapping[str, str]:
     if not isinstance(value, dict):
         raise ValueError(f'expected a table of name = "string", got {value!r}')
@@ -138,6 +155,16 @@ class ServerConfig:
     """Largest RPC PDU accepted, in bytes (a KMS request is under 1 KiB). Default 4096."""
     max_connections: int = _option(1024, integer(1, 65536))
     """Open connections at once; more are refused. Default 1024; 1..65536."""
+    allow: tuple[str, ...] = _option(LAB_NETWORKS, _networks(allow_any=True, allow_empty=False))
+    """Peers served, as CIDR blocks; others are closed before a byte is read. Default:
+    loopback, private, link-local and shared (100.64.0.0/10) ranges; ["any"] serves all."""
+    proxy_protocol_from: tuple[str, ...] = _option((), _networks(allow_any=False, allow_empty=True))
+    """Load balancers, as CIDR blocks, whose connections start with a PROXY protocol v2
+    header naming the client; ``allow``, logs and the client table then see the client.
+    Default []: none, every peer is a client."""
+    refused_log_interval_s: float = _option(60.0, number(1, 86400))
+    """Seconds between ``connection_refused`` lines for one peer refused by ``allow``;
+    the refusals between are counted in the next line's ``suppressed``. Default 60."""
     shutdown_grace_s: float = _option(5.0, number(0, 300))
     """Seconds calls in flight get to finish on SIGTERM before they are cancelled. Default 5."""
     ndr64: bool = _option(True, boolean)

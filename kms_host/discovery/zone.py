@@ -17,9 +17,14 @@ layer and follows the error ladder of dnspython's test name server:
   (``_tcp.<zone>``) are empty non-terminals: NODATA, not NXDOMAIN (RFC 8020).
 
 No amplification: an answer over UDP never exceeds 512 bytes, or the EDNS payload size the
-query offered (capped at :data:`EDNS_PAYLOAD`). What does not fit is left out whole RRset by
-RRset: a missing additional section is silent, a missing answer sets TC so the client retries
-over TCP (RFC 2181 section 9). Over TCP the limit is the 16-bit length prefix.
+query offered (capped at :data:`EDNS_PAYLOAD`), nor :data:`UDP_AMPLIFICATION_MAX` times the
+query's own size, since a UDP source address can be forged and the answer aimed at a victim.
+What does not fit is left out: the additional records silently (all of them), then the
+authority section RRset by RRset, then the answer, which sets TC so the client retries over
+TCP (RFC 2181 section 9), where the handshake proves the source. Over TCP the limit is the
+16-bit length prefix. ANY is answered minimally (RFC 8482 section 4.2): one synthesized HINFO RRset,
+CPU "RFC8482", for a name that has records, on both transports; the records themselves are
+one typed query away.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from dns.rdtypes.nsbase import NSBase
 
 from kms_host.discovery.settings import DnsConfig, SrvTarget
 
-__all__ = ["EDNS_PAYLOAD", "SRV_SERVICE", "SrvZone", "answer_query"]
+__all__ = ["EDNS_PAYLOAD", "SRV_SERVICE", "UDP_AMPLIFICATION_MAX", "SrvZone", "answer_query"]
 
 SRV_SERVICE = "_vlmcs._tcp"
 """Service and protocol labels a KMS client queries (spec 9.1)."""
@@ -50,6 +55,10 @@ SRV_SERVICE = "_vlmcs._tcp"
 EDNS_PAYLOAD = 1232
 """Largest UDP answer we send and advertise: the DNS Flag Day 2020 size, which avoids IP
 fragmentation on any common path."""
+
+UDP_AMPLIFICATION_MAX = 3
+"""Largest ratio of a UDP answer's size to its query's: a forged query gains an attacker at
+most this factor. The host's own SRV answer (one target, its A record) fits well within it."""
 
 _UDP_DEFAULT = 512  # RFC 1035 4.2.1; also the floor for smaller EDNS offers (RFC 6891 6.2.5)
 _TCP_MAX = 65535  # the two-byte length prefix (RFC 1035 4.2.2)
@@ -136,7 +145,31 @@ def answer_query(wire: bytes, zone: SrvZone, *, tcp: bool = False) -> bytes | No
         response.set_rcode(dns.rcode.FORMERR)
     else:
         _resolve(response, query.question[0], zone)
-    return response.to_wire(max_size=_size_limit(query, tcp), prefer_truncation=True)
+    limit = _size_limit(query, tcp)
+    return _render(response, limit if tcp else min(limit, UDP_AMPLIFICATION_MAX * len(wire)))
+
+
+def _render(response: dns.message.Message, limit: int) -> bytes:
+    """The response in at most ``limit`` bytes, dropping whole RRsets from the end.
+
+    dnspython truncates to no less than 512 bytes, so smaller limits (the amplification
+    bound) are kept here: the additional section (all of it: a client given some of a
+    target's addresses would take them for all of them and not look up the rest), then
+    authority RRsets, then the answer, with TC.
+    """
+    wire = response.to_wire(max_size=limit, prefer_truncation=True)
+    while len(wire) > limit:
+        if response.additional:
+            response.additional.clear()
+        elif response.authority:
+            response.authority.pop()
+        elif response.answer:
+            response.answer.clear()
+            response.flags |= dns.flags.TC
+        else:  # header and question alone: never larger than the query was
+            break
+        wire = response.to_wire(max_size=limit, prefer_truncation=True)
+    return wire
 
 
 def _format_error(wire: bytes) -> bytes | None:
@@ -174,9 +207,12 @@ def _resolve(response: dns.message.Message, question: dns.rrset.RRset, zone: Srv
         response.set_rcode(dns.rcode.NXDOMAIN)
         response.authority.append(soa)
         return
-    answer = [
-        rrset for rrset in records.get(qname, []) if qtype in (rrset.rdtype, dns.rdatatype.ANY)
-    ]
+    if qtype == dns.rdatatype.ANY and records.get(qname):
+        response.answer.append(
+            dns.rrset.from_text(qname, zone.ttl_s, "IN", "HINFO", '"RFC8482" ""')
+        )
+        return
+    answer = [rrset for rrset in records.get(qname, []) if rrset.rdtype == qtype]
     if not answer:
         response.authority.append(soa)
         return

@@ -41,6 +41,7 @@ from kms_host.host.listener import KmsServer, ServerLimits
 from kms_host.host.lock import hold_data_dir
 from kms_host.host.metrics import serve_metrics
 from kms_host.host.observe import HostObserver, Observers
+from kms_host.host.peer_policy import PeerPolicy
 from kms_host.host.reload import reload_scenarios
 from kms_host.host.service import ActivationService
 from kms_host.policy.catalog import Catalog
@@ -191,7 +192,9 @@ async def _kms_listener(
             max_pdu_bytes=config.server.max_pdu_bytes,
             ndr64=config.server.ndr64,
             btfn=config.server.btfn,
+            refused_log_interval_s=config.server.refused_log_interval_s,
         ),
+        peers=PeerPolicy(allow=config.server.allow, proxy_from=config.server.proxy_protocol_from),
     )
     bound = await server.start()
     try:

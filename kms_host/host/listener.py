@@ -25,8 +25,9 @@ from typing import Any
 
 import structlog
 
-from kms_host.addresses import ListenAddress
+from kms_host.addresses import ANY_PEER, ListenAddress
 from kms_host.host.observe import HostObserver, NullObserver
+from kms_host.host.peer_policy import PeerGate, PeerPolicy
 from kms_host.host.reply import CallHandler
 from kms_host.host.session import Session
 from protocol.rpc import ServerSettings
@@ -47,6 +48,7 @@ class ServerLimits:
     max_pdu_bytes: int
     ndr64: bool
     btfn: bool
+    refused_log_interval_s: float = 60.0
 
 
 def _bound_socket(
@@ -127,12 +129,18 @@ class KmsServer:
         observer: HostObserver | None = None,
         assoc_group_seed: Callable[[], int] | None = None,
         reuse_port: bool = False,
+        peers: PeerPolicy | None = None,
     ) -> None:
         self._listen = listen
         self._reuse_port = reuse_port
         self._handler = handler
         self._limits = limits
         self._observer: HostObserver = observer or NullObserver()
+        self._gate = PeerGate(
+            peers or PeerPolicy(allow=(ANY_PEER,)),
+            self._observer,
+            log_interval_s=limits.refused_log_interval_s,
+        )
         seed = assoc_group_seed() if assoc_group_seed else int.from_bytes(os.urandom(4), "little")
         self._assoc_group = seed
         self._servers: list[asyncio.Server] = []
@@ -198,10 +206,15 @@ class KmsServer:
             on_finished=self._finished,
             idle_timeout_s=self._limits.idle_timeout_s,
             observer=self._observer,
+            gate=self._gate,
         )
 
     def _admit(self, session: Session, transport: asyncio.Transport) -> ServerSettings | None:
-        """Take a new connection in, or refuse it when ``max_connections`` are open."""
+        """Take a new connection in, or refuse it: a peer outside ``allow``, or over
+        ``max_connections``. Runs before the session reads a byte of the peer's."""
+        via = {"via": session.via} if session.via else {}
+        if not self._gate.admits(peer=session.peer, address=session.peer_ip, **via):
+            return None
         if len(self._sessions) >= self._limits.max_connections:
             self._observer.connection_refused()
             log.warning(

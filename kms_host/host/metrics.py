@@ -137,6 +137,14 @@ class PrometheusObserver:
             "Connections closed at accept because server.max_connections were open.",
             registry=self.registry,
         )
+        self._connections_refused = Counter(
+            "kms_host_connections_refused",
+            "Connections closed at accept, by reason: max_connections, not_allowed (a peer"
+            " outside server.allow) or proxy_header_invalid (no valid PROXY v2 header from a"
+            " server.proxy_protocol_from address).",
+            ["reason"],
+            registry=self.registry,
+        )
         self._malformed = Counter(
             "kms_host_malformed_pdus",
             "RPC protocol violations by peers, by error class.",
@@ -173,9 +181,15 @@ class PrometheusObserver:
         """One fewer open connection."""
         self._open.dec()
 
-    def connection_refused(self) -> None:
-        """Count a connection refused over ``server.max_connections``."""
-        self._refused_connections.inc()
+    def connection_refused(self, reason: str = "max_connections") -> None:
+        """Count a refused connection by reason (the listener's own words: a bounded set).
+
+        ``kms_host_refused_connections`` keeps its meaning, max_connections alone, for the
+        dashboards that read it.
+        """
+        self._connections_refused.labels(reason).inc()
+        if reason == "max_connections":
+            self._refused_connections.inc()
 
     def protocol_violation(self, error: str) -> None:
         """Count a malformed PDU by its error class (our own class names: a bounded set)."""

@@ -52,8 +52,9 @@ class HostObserver(Protocol):
     def connection_closed(self) -> None:
         """A served connection ended."""
 
-    def connection_refused(self) -> None:
-        """A connection was refused (over ``server.max_connections``)."""
+    def connection_refused(self, reason: str = "max_connections") -> None:
+        """A connection was closed at accept; ``reason`` is a fixed snake_case word
+        ("max_connections", "not_allowed", "proxy_header_invalid")."""
 
     def protocol_violation(self, error: str) -> None:
         """A peer broke the RPC protocol (``error`` is the error class name)."""
@@ -74,7 +75,7 @@ class NullObserver:
     def connection_closed(self) -> None:
         """Ignore the connection."""
 
-    def connection_refused(self) -> None:
+    def connection_refused(self, reason: str = "max_connections") -> None:
         """Ignore the refusal."""
 
     def protocol_violation(self, error: str) -> None:
@@ -107,10 +108,10 @@ class Observers:
         for observer in self._observers:
             observer.connection_closed()
 
-    def connection_refused(self) -> None:
+    def connection_refused(self, reason: str = "max_connections") -> None:
         """Pass the refusal on."""
         for observer in self._observers:
-            observer.connection_refused()
+            observer.connection_refused(reason)
 
     def protocol_violation(self, error: str) -> None:
         """Pass the violation on."""

@@ -25,9 +25,12 @@ from typing import cast
 
 import structlog
 
-from kms_host.addresses import format_peer
+from kms_host.addresses import IpAddress, format_peer, peer_ip
 from kms_host.host.observe import HostObserver
+from kms_host.host.peer_policy import PeerGate
 from kms_host.host.reply import CallHandler, KmsReply
+from protocol.errors import ProxyHeaderError
+from protocol.proxy import parse_proxy_header
 from protocol.rpc import (
     BindCompleted,
     CallReceived,
@@ -60,8 +63,10 @@ class Session(asyncio.Protocol):
         on_finished: Callable[[Session], None],
         idle_timeout_s: float,
         observer: HostObserver,
+        gate: PeerGate | None = None,
     ) -> None:
         self._handler = handler
+        self._gate = gate
         self._admit = admit
         self._on_finished = on_finished
         self._idle_timeout_s = idle_timeout_s
@@ -71,6 +76,7 @@ class Session(asyncio.Protocol):
         self._rpc: RpcServerConnection | None = None
         self._call: asyncio.Task[None] | None = None
         self._backlog: list[bytes] = []
+        self._proxy_header: bytearray | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._lost = False
@@ -79,6 +85,9 @@ class Session(asyncio.Protocol):
         self._reported = False
         self.conn_id = next(_conn_ids)
         self.peer = "unknown"
+        self.peer_ip: IpAddress | None = None
+        self.via: str | None = None
+        """The load balancer's address, when a PROXY header named the peer."""
         self._log = log
 
     # --- asyncio.Protocol -----------------------------------------------------------------
@@ -86,19 +95,34 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport: uvloop's is one too, without subclassing asyncio.Transport.
         stream = self._transport = cast(asyncio.Transport, transport)
-        self.peer = format_peer(stream.get_extra_info("peername"))
+        peername = stream.get_extra_info("peername")
+        self.peer, self.peer_ip = format_peer(peername), peer_ip(peername)
         self._log = log.bind(conn_id=self.conn_id, peer=self.peer)
+        self._last_activity = self._loop.time()
+        if self._gate is not None and self._gate.expects_proxy(self.peer_ip):
+            # A load balancer's: admitted once its PROXY header says whose connection it is.
+            self._proxy_header = bytearray()
+            self._idle_timer = self._loop.call_later(self._idle_timeout_s, self._check_idle)
+            return
+        self._open(stream)
+
+    def _open(self, stream: asyncio.Transport) -> bool:
+        """Admit the connection and start its RPC machine; False if it was refused."""
         settings = self._admit(self, stream)
         if settings is None:
             stream.close()
-            return
+            return False
         self._rpc = RpcServerConnection(settings)
         self._log.debug("connection_opened")
-        self._last_activity = self._loop.time()
-        self._idle_timer = self._loop.call_later(self._idle_timeout_s, self._check_idle)
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_later(self._idle_timeout_s, self._check_idle)
+        return True
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._loop.time()
+        if self._proxy_header is not None:
+            self._guarded(self._read_proxy_header, data)
+            return
         if self._rpc is None:
             return  # refused at admission; the close is under way
         if self._call is not None:
@@ -153,6 +177,34 @@ class Session(asyncio.Protocol):
             self._call.cancel()
         if self._transport is not None:
             self._transport.abort()
+
+    # --- the PROXY protocol v2 header of a load balancer's connection -------------------
+
+    def _read_proxy_header(self, data: bytes) -> None:
+        """Collect the header; then the client it names is the peer, admitted or refused."""
+        assert self._proxy_header is not None
+        buffer = self._proxy_header
+        buffer += data
+        try:
+            header = parse_proxy_header(bytes(buffer))
+        except ProxyHeaderError as exc:
+            self._proxy_header = None
+            assert self._gate is not None
+            self._gate.refuse(
+                "proxy_header_invalid", peer=self.peer, address=self.peer_ip, error=str(exc)
+            )
+            self._transport_or_fail().close()
+            return
+        if header is None:
+            return
+        self._proxy_header = None
+        rest = bytes(buffer[header.length :])
+        if header.source is not None:
+            self.via, self.peer = self.peer, format_peer(header.source)
+            self.peer_ip = peer_ip(header.source)
+            self._log = log.bind(conn_id=self.conn_id, peer=self.peer, via=self.via)
+        if self._open(self._transport_or_fail()) and rest:
+            self._feed(rest)
 
     # --- feeding the machine ------------------------------------------------------------
 

@@ -120,6 +120,7 @@ class RunningHost:
     host: str = "127.0.0.1"
     dns: tuple[tuple[str, int], ...] = ()
     web: tuple[tuple[str, int], ...] = ()
+    metrics: tuple[tuple[str, int], ...] = ()
 
     def client(self, **options: Any) -> Any:
         return KmsClient.connect(self.host, self.port, **options)
@@ -166,6 +167,7 @@ async def run_host(
             logs=logs,
             dns=bound.dns,
             web=bound.web,
+            metrics=bound.metrics,
         )
         try:
             yield host

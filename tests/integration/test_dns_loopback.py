@@ -86,6 +86,11 @@ class DigResult:
     def size(self) -> int:
         return int(self._find(r"MSG SIZE\s+rcvd: (\d+)"))
 
+    @property
+    def query_size(self) -> int:
+        """The size of the query dig sent (printed with ``+qr``)."""
+        return int(self._find(r"QUERY SIZE: (\d+)"))
+
     def section(self, name: str) -> list[str]:
         """Records of one section, whitespace-normalised (dig separates fields with tabs)."""
         lines = self.text.split(f";; {name} SECTION:\n", 1)
@@ -504,3 +509,63 @@ async def test_no_srv_record_in_bind_is_8007232b(named: Named) -> None:
         with pytest.raises(NoSrvRecordError) as caught:
             await discover("nothing.lab.example", dns_server=("127.0.0.1", named.port))
     assert caught.value.hresult == 0x8007232B
+
+
+# --- amplification and the per-source rate, measured over real UDP ------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["lab.example", "_vlmcs._tcp.lab.example"])
+@pytest.mark.parametrize("edns", ["+noedns", "+edns=0"])
+async def test_dig_any_gets_one_hinfo_within_three_times_its_query(
+    dig: str, name: str, edns: str
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT_S), responder(LAB) as port:
+        result = await run_dig(dig, port, name, "ANY", edns, "+nocookie", "+qr")
+    sent = result.query_size
+    assert result.section("ANSWER") == [f'{name}. 600 IN HINFO "RFC8482" ""']  # RFC 8482 4.2
+    assert result.size <= 3 * sent, f"{result.size} bytes for a {sent}-byte query"
+
+
+@pytest.mark.asyncio
+async def test_the_srv_query_of_the_published_record_stays_within_three_times(dig: str) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT_S), responder(LAB) as port:
+        for edns in ("+noedns", "+edns=0"):
+            result = await run_dig(
+                dig, port, "_vlmcs._tcp.lab.example", "SRV", edns, "+nocookie", "+qr"
+            )
+            sent = result.query_size
+            assert result.section("ANSWER"), result.text
+            assert result.size <= 3 * sent, f"{result.size} bytes for a {sent}-byte query"
+
+
+@pytest.mark.asyncio
+async def test_a_steady_flood_is_answered_at_the_configured_rate() -> None:
+    """A source sending 200 queries a second for 2 s gets its burst plus the rate's share."""
+    qps, burst, duration_s = 10.0, 5, 2.0
+    query = dns.message.make_query("_vlmcs._tcp.lab.example", "SRV").to_wire()
+    async with asyncio.timeout(TEST_TIMEOUT_S), responder(LAB, qps=qps, burst=burst) as port:
+        with socket.socket(type=socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(("127.0.0.1", port))
+            loop = asyncio.get_running_loop()
+            answered = sent = 0
+
+            async def receive() -> None:
+                nonlocal answered
+                while True:
+                    await loop.sock_recv(sock, 4096)
+                    answered += 1
+
+            receiver = asyncio.create_task(receive())
+            start = time.monotonic()
+            while time.monotonic() - start < duration_s:
+                sock.send(query)
+                sent += 1
+                await asyncio.sleep(0.005)
+            elapsed = time.monotonic() - start
+            await asyncio.sleep(0.2)  # the last answers in flight
+            receiver.cancel()
+    assert sent >= 100, "the flood was not a flood"
+    assert burst <= answered <= burst + qps * elapsed + 1, (sent, answered, elapsed)
+    assert answered < sent / 4

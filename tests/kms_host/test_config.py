@@ -358,6 +358,14 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         ("[host]\nhwid = '3A1C049600B6007G'", "host.hwid", "16 hex digits"),
         ("[storage]\ndata_dir = ''", "storage.data_dir", "non-empty path"),
         ("[server]\nlisten = ['::1:1688']", "server.listen", "brackets"),
+        ("[server]\nallow = ['10.0.0.0/33']", "server.allow", "'10.0.0.0/33'"),
+        ("[server]\nallow = ['10.1.0.0/8']", "server.allow", "'10.1.0.0/8'"),
+        ("[server]\nallow = ['lab.example']", "server.allow", "not a CIDR block"),
+        ("[server]\nallow = []", "server.allow", '["any"]'),
+        ("[server]\nallow = ['any', '10.0.0.0/8']", "server.allow", "alone"),
+        ("[server]\nallow = '10.0.0.0/8'", "server.allow", "expected a list"),
+        ("[server]\nproxy_protocol_from = ['any']", "server.proxy_protocol_from", "'any'"),
+        ("[server]\nrefused_log_interval_s = 0", "server.refused_log_interval_s", "from 1"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:
@@ -365,6 +373,21 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str, fragment: 
     assert error.key == key
     assert fragment in str(error)
     assert "kms-host.toml" in str(error)  # where the value came from
+
+
+def test_allow_lists_normalise_and_take_any_from_the_environment() -> None:
+    config = load_config(
+        None,
+        env={
+            "KMS_HOST_SERVER_ALLOW": "10.0.0.0/8, 2001:DB8::/32,192.0.2.7",
+            "KMS_HOST_SERVER_PROXY_PROTOCOL_FROM": "10.0.0.5",
+        },
+        overrides=NO_CLI,
+    )
+    assert config.server.allow == ("10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32")
+    assert config.server.proxy_protocol_from == ("10.0.0.5/32",)
+    opened = load_config(None, env={"KMS_HOST_SERVER_ALLOW": "any"}, overrides=NO_CLI)
+    assert opened.server.allow == ("any",)
 
 
 def test_bad_environment_value_names_the_variable() -> None:

@@ -136,6 +136,25 @@ def test_console_forced_off_a_tty_has_no_colours() -> None:
     assert "[asyncio]" in text
 
 
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("pc\x1b[2J\x07", "machine_name=pc\\x1b[2J\\x07\n"),  # printed bare
+        ("pc\x1b[31m forged", "machine_name='pc\\x1b[31m forged'\n"),  # quoted: it has a space
+        ("a\nb\r\x00\x7f\x9b\u202e", "machine_name=a\\nb\\r\\x00\\x7f\\x9b\\u202e\n"),
+    ],
+)
+def test_console_escapes_control_characters_once(name: str, shown: str) -> None:
+    stream = FakeTty()  # colours on: the renderer's own escapes must stay the only ones
+    configure_logging("console", "info", stream)
+    structlog.get_logger().info("activation", machine_name=name, hresult="0x0")
+    logging.getLogger("asyncio").warning("peer %s", name)
+    plain = ANSI.sub("", stream.getvalue())
+    assert shown in plain
+    assert len(plain.splitlines()) == 2
+    assert not {c for c in plain.replace("\n", "") if not c.isprintable()}
+
+
 def test_json_forced_on_a_tty() -> None:
     stream = FakeTty()
     configure_logging("json", "info", stream)

@@ -25,7 +25,7 @@ from kms_host.discovery.srv_lookup import (
     hresult_for_rcode,
     order_targets,
 )
-from kms_host.discovery.zone import SrvZone, answer_query
+from kms_host.discovery.zone import UDP_AMPLIFICATION_MAX, SrvZone, answer_query
 from kms_host.errors import ConfigError
 
 ZONE = SrvZone(
@@ -64,7 +64,8 @@ def texts(section: list[dns.rrset.RRset]) -> list[str]:
 
 
 def test_srv_is_authoritative_with_target_addresses_as_additional_data() -> None:
-    response = ask("_vlmcs._tcp.lab.example", "SRV")
+    # Over TCP: over UDP, two targets and their glue exceed three times the query's size.
+    response = ask("_vlmcs._tcp.lab.example", "SRV", tcp=True)
     assert response.rcode() == dns.rcode.NOERROR
     assert response.flags & dns.flags.AA
     assert texts(response.answer) == [
@@ -253,6 +254,57 @@ def test_additional_data_that_does_not_fit_is_left_out_without_tc() -> None:
     assert not response.flags & dns.flags.TC
     assert len(response.answer) == 1
     assert not response.additional
+
+
+def test_glue_is_left_out_whole_when_it_would_amplify() -> None:
+    response = ask("_vlmcs._tcp.lab.example", "SRV")  # 41 bytes: at most 123 back
+    assert not response.flags & dns.flags.TC
+    assert len(response.answer[0]) == 2
+    assert not response.additional, "some of kms1's addresses would pass for all of them"
+
+
+@pytest.mark.parametrize("name", ["lab.example", "_vlmcs._tcp.lab.example", "kms1.lab.example"])
+@pytest.mark.parametrize("tcp", [False, True])
+def test_any_is_answered_with_one_synthesized_hinfo(name: str, tcp: bool) -> None:
+    response = ask(name, "ANY", tcp=tcp)  # RFC 8482 section 4.2
+    assert response.rcode() == dns.rcode.NOERROR
+    assert response.flags & dns.flags.AA
+    assert texts(response.answer) == [f'{name}. 600 IN HINFO "RFC8482" ""']
+    assert not response.additional
+    assert not response.authority
+
+
+def test_any_at_an_empty_non_terminal_or_a_missing_name_is_negative() -> None:
+    nodata = ask("_tcp.lab.example", "ANY")
+    assert (nodata.rcode(), nodata.answer) == (dns.rcode.NOERROR, [])
+    missing = ask("nothing.lab.example", "ANY")
+    assert missing.rcode() == dns.rcode.NXDOMAIN
+    assert [rrset.rdtype for rrset in missing.authority] == [dns.rdatatype.SOA]
+
+
+QUESTIONS = [
+    (name, rdtype)
+    for name in ("lab.example", "_vlmcs._tcp.lab.example", "kms1.lab.example", "x.lab.example")
+    for rdtype in ("ANY", "SRV", "A", "AAAA", "NS", "SOA", "TXT")
+]
+
+
+@pytest.mark.parametrize("zone", [ZONE, BIG], ids=["two-targets", "forty-targets"])
+@pytest.mark.parametrize("edns", [None, 512, 1232, 4096])
+def test_no_udp_answer_is_more_than_three_times_its_query(zone: SrvZone, edns: int | None) -> None:
+    options = {} if edns is None else {"use_edns": 0, "payload": edns}
+    for name, rdtype in QUESTIONS:
+        query = dns.message.make_query(name, rdtype, **options).to_wire()  # type: ignore[arg-type]
+        answer = answer_query(query, zone)
+        assert answer is not None
+        assert len(answer) <= UDP_AMPLIFICATION_MAX * len(query), (name, rdtype, edns)
+    assert UDP_AMPLIFICATION_MAX == 3
+
+
+def test_the_host_s_own_srv_answer_keeps_its_address_over_udp() -> None:
+    own = SrvZone("lab.example", (SrvTarget("kms.lab.example", 1688, 0, 0, ("192.0.2.10",)),))
+    response = ask("_vlmcs._tcp.lab.example", "SRV", zone=own)
+    assert texts(response.additional) == ["kms.lab.example. 3600 IN A 192.0.2.10"]
 
 
 # --- the zone from [dns] -------------------------------------------------------------------

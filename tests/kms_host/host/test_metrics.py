@@ -110,6 +110,19 @@ def test_counts_connections_and_malformed_pdus() -> None:
     assert value("kms_host_malformed_pdus_total", {"error": "MalformedPdu"}) == 2
 
 
+def test_refused_connections_are_counted_by_reason() -> None:
+    observer = PrometheusObserver(CATALOG)
+    observer.connection_refused()
+    observer.connection_refused("not_allowed")
+    observer.connection_refused("not_allowed")
+    observer.connection_refused("proxy_header_invalid")
+    value = observer.registry.get_sample_value
+    assert value("kms_host_connections_refused_total", {"reason": "max_connections"}) == 1
+    assert value("kms_host_connections_refused_total", {"reason": "not_allowed"}) == 2
+    assert value("kms_host_connections_refused_total", {"reason": "proxy_header_invalid"}) == 1
+    assert value("kms_host_refused_connections_total") == 1  # its meaning kept: the limit's
+
+
 def test_each_observer_has_its_own_registry() -> None:
     first, second = PrometheusObserver(CATALOG), PrometheusObserver(CATALOG)
     first.connection_refused()
