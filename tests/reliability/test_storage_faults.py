@@ -1,0 +1,161 @@
+"""The data dir fails under a running host: it answers errors, logs once, and recovers.
+
+Real faults on real file systems (mounting needs root, as CI has; elsewhere these skip):
+
+* **Full.** The data dir is a small tmpfs; a filler file takes every free block while strict
+  clients activate fresh CMIDs. Requests that cannot be recorded are answered HRESULT
+  0x80070070 (ERROR_DISK_FULL, kms_host.errors); one ``storage_failed`` line names the file
+  and the OS error; once the filler is removed the host activates again, without a restart,
+  and logs one ``storage_recovered``.
+* **Read-only.** Linux refuses ``mount -o remount,ro`` while a process holds a file there
+  open for writing (the daemon holds its table, lock and WAL open): "mount point is busy".
+  What does make a data dir read-only under a running process is the file system itself:
+  ext4 with ``errors=remount-ro`` turns read-only on an error (here triggered through
+  ``/sys/fs/ext4/<dev>/trigger_fs_error``), and stays so until it is unmounted. The host
+  answers 0x80070013 (ERROR_WRITE_PROTECT) and logs once; recovery is a restart after the
+  file system is repaired, and the table then holds every acknowledged row.
+
+In both, after the fault, a fresh process reads the table: every CMID that was answered with
+a success has its row, and no CMID that was answered with an error has one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from reliability_host import WAIT_S, Daemon, Load
+
+from kms_host.storage import open_store
+
+CLIENTS = 8
+FAILED_ANSWERS = 50
+"""Error answers to collect while the fault holds: many requests, still one log line."""
+
+
+def _mount(*argv: str) -> None:
+    subprocess.run(["mount", *argv], check=True, capture_output=True, text=True, timeout=30)
+
+
+def _umount(target: Path) -> None:
+    subprocess.run(["umount", str(target)], check=False, capture_output=True, timeout=30)
+
+
+def _mountable(tmp_path: Path) -> None:
+    """Skip, saying why, where this process may not mount a file system."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system for the data dir needs root (CI runs as root)")
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    try:
+        _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe))
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"mount -t tmpfs was refused here: {exc.stderr.strip()}")
+    _umount(probe)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: room for the table, little more."""
+    _mountable(tmp_path)
+    target = tmp_path / "fs"
+    target.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(target))
+    try:
+        yield target
+    finally:
+        _umount(target)
+
+
+def fill(directory: Path) -> Path:
+    """A file taking every free block of ``directory``'s file system."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:
+        for size in (65536, 512):  # then the last partial block
+            with contextlib.suppress(OSError):  # ENOSPC: full
+                while True:
+                    out.write(bytes(size))
+    return filler
+
+
+async def until_failures(load: Load, count: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while len(load.failures) < count:
+        assert time.monotonic() < deadline, f"only {len(load.failures)} failures"
+        await asyncio.sleep(0.01)
+
+
+async def activations(port: int, count: int) -> Load:
+    """``count`` activations by fresh CMIDs, one client after another."""
+    load = Load(port, 1, per_client=count)
+    load.start()
+    await load.done()
+    return load
+
+
+async def rows(data: Path) -> set[uuid.UUID]:
+    store = await open_store(data)
+    try:
+        return {record.cmid for record in await store.clients(app="windows")}
+    finally:
+        await store.close()
+
+
+def config(tmp_path: Path) -> str:
+    path = tmp_path / "kms-host.toml"
+    path.write_text('[counting]\nprefill = "none"\n', encoding="utf-8")
+    return str(path)
+
+
+def assert_answers_match_rows(loads: list[Load], table: set[uuid.UUID]) -> tuple[int, int]:
+    """Every success has its row, no error answer has one; returns (successes, errors)."""
+    acked = {cmid for load in loads for cmid in load.acked}
+    refused = {cmid for load in loads for cmid in load.sent} - acked
+    assert acked - table == set(), "acknowledged activations missing from the table"
+    assert refused & table == set(), "CMIDs answered with an error were recorded"
+    return len(acked), len(refused)
+
+
+@pytest.mark.asyncio
+async def test_a_full_data_dir_fails_requests_and_recovers(small_fs: Path, tmp_path: Path) -> None:
+    data = small_fs / "data"
+    daemon = Daemon(data, "--config", config(tmp_path))
+    try:
+        port = await asyncio.to_thread(daemon.port)
+        before = await activations(port, 5)
+        assert before.failures == []
+        filler = await asyncio.to_thread(fill, small_fs)
+        during = Load(port, CLIENTS)
+        during.start()
+        try:
+            await until_failures(during, FAILED_ANSWERS)
+        finally:
+            await during.stop()
+        assert {failure for _, failure in during.failures} == {"HRESULT 0x80070070"}
+        assert len(daemon.named("storage_failed")) == 1
+        assert daemon.named("storage_recovered") == []
+        filler.unlink()
+        after = await activations(port, 5)
+        assert after.failures == []
+        recovered = daemon.wait_for("storage_recovered")
+    finally:
+        assert daemon.stop(signal.SIGTERM) == 0
+    (failed,) = daemon.named("storage_failed")
+    assert str(data / "kms-host.sqlite3") in failed["detail"]
+    assert "no space left on device" in failed["detail"]
+    assert failed["hresult"] == "0x80070070"
+    assert [e["event"] for e in daemon.events if e.get("level") == "error"] == ["storage_failed"]
+    answered = [e for e in daemon.named("activation") if e["result"] == "storage_failed"]
+    assert {e["level"] for e in answered} == {"warning"}
+    assert recovered["failed_requests"] == len(answered) >= FAILED_ANSWERS
+    assert daemon.tracebacks() == []
+    successes, errors = assert_answers_match_rows([before, during, after], await rows(data))
+    print(f"\nfull data dir: {successes} activated, {errors} answered 0x80070070")
