@@ -144,6 +144,8 @@ class SqliteClientStore:
             result = job(self._conn, *args)
             self._note_data_version(self._conn)
             return result
+        except StorageError as exc:  # a job's own verdict (the schema): name the file too
+            raise StorageError(f"{self._path}: {exc}", hresult=exc.hresult) from exc
         except (sqlite3.Error, OSError) as exc:
             raise self._storage_error(exc) from exc
 
