@@ -3,16 +3,19 @@
 Split from :mod:`kms_host.storage.sqlite`, which converts every failure here and nowhere else.
 SQLite's own messages do not name the OS error behind them ("database or disk is full",
 "disk I/O error", "unable to open database file"), so the data dir's file system is looked at
-when a failure happens: a read-only mount, no free block, or a directory this user may not
-write. The message then names the file, SQLite's error and that OS error; the HRESULT is what
-a client whose request could not be recorded is answered (:mod:`kms_host.errors`).
+when a failure happens: a read-only mount, no free block, a directory this user may not
+write, and last a file created and removed there, which tells what the others cannot. The
+message then names the file, SQLite's error and that OS error; the HRESULT is what a client
+whose request could not be recorded is answered (:mod:`kms_host.errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 from kms_host.errors import (
@@ -54,6 +57,22 @@ def _os_error(path: Path) -> tuple[int, str] | None:
     for where in (directory, path):
         if where.exists() and not os.access(where, os.W_OK):
             return errno.EACCES, f"permission denied: {where} is not writable by uid {os.getuid()}"
+    return _probe(directory)
+
+
+def _probe(directory: Path) -> tuple[int, str] | None:
+    """Create and remove a file in ``directory``: the one test that tells every read-only.
+
+    ext4 turned read-only by an error (``errors=remount-ro``) shows in neither statvfs nor
+    access(2); a create is refused with EROFS all the same.
+    """
+    try:
+        handle, name = tempfile.mkstemp(prefix=".kms-host-probe-", dir=directory)
+    except OSError as exc:
+        return exc.errno or errno.EIO, f"{(exc.strerror or str(exc)).lower()}: {directory}"
+    os.close(handle)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
     return None
 
 
