@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -73,6 +74,46 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield target
     finally:
         _umount(target)
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A 16 MiB ext4 on a loop device that turns read-only on an error: (mount point, image)."""
+    _mountable(tmp_path)
+    if shutil.which("mkfs.ext4") is None or shutil.which("e2fsck") is None:
+        pytest.skip("mkfs.ext4 and e2fsck (e2fsprogs) are needed for the read-only case")
+    image = tmp_path / "ext4.img"
+    with image.open("wb") as out:
+        out.truncate(16 * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=60)
+    target = tmp_path / "ext4"
+    target.mkdir()
+    try:
+        _mount("-o", "loop,errors=remount-ro", str(image), str(target))
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"mounting an ext4 image on a loop device was refused: {exc.stderr.strip()}")
+    try:
+        yield target, image
+    finally:
+        _umount(target)
+
+
+def make_read_only(target: Path) -> None:
+    """Have ext4 meet an error, as a failing disk does: it turns read-only at once."""
+    device = next(
+        line.split()[0]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if line.split()[1] == str(target)
+    )
+    trigger = Path("/sys/fs/ext4") / Path(device).resolve().name / "trigger_fs_error"
+    trigger.write_text("kms-host storage fault test\n")
+
+
+def repair(target: Path, image: Path) -> None:
+    """The operator's repair: unmount, check (e2fsck fixes what the error left), mount again."""
+    _umount(target)
+    subprocess.run(["e2fsck", "-fy", str(image)], check=False, capture_output=True, timeout=60)
+    _mount("-o", "loop,errors=remount-ro", str(image), str(target))
 
 
 def fill(directory: Path) -> Path:
@@ -159,3 +200,44 @@ async def test_a_full_data_dir_fails_requests_and_recovers(small_fs: Path, tmp_p
     assert daemon.tracebacks() == []
     successes, errors = assert_answers_match_rows([before, during, after], await rows(data))
     print(f"\nfull data dir: {successes} activated, {errors} answered 0x80070070")
+
+
+@pytest.mark.asyncio
+async def test_a_data_dir_turned_read_only_fails_requests_until_repaired(
+    ext4: tuple[Path, Path], tmp_path: Path
+) -> None:
+    target, image = ext4
+    data = target / "data"
+    daemon = Daemon(data, "--config", config(tmp_path))
+    try:
+        port = await asyncio.to_thread(daemon.port)
+        before = await activations(port, 5)
+        assert before.failures == []
+        make_read_only(target)
+        during = Load(port, CLIENTS)
+        during.start()
+        try:
+            await until_failures(during, FAILED_ANSWERS)
+        finally:
+            await during.stop()
+        assert {failure for _, failure in during.failures} == {"HRESULT 0x80070013"}
+        assert len(daemon.named("storage_failed")) == 1
+    finally:
+        stopped = daemon.stop(signal.SIGTERM)  # the stop cannot remove runtime.json
+    assert stopped == 0
+    noted = [e["event"] for e in daemon.events if e["level"] in ("warning", "error")]
+    assert [e for e in noted if e != "activation"] == ["storage_failed", "runtime_file_left"]
+    (failed,) = daemon.named("storage_failed")
+    assert str(data / "kms-host.sqlite3") in failed["detail"]
+    assert "read-only file system" in failed["detail"]
+    assert failed["hresult"] == "0x80070013"
+    assert daemon.tracebacks() == []
+    await asyncio.to_thread(repair, target, image)
+    again = Daemon(data, "--config", config(tmp_path))
+    try:
+        after = await activations(await asyncio.to_thread(again.port), 5)
+    finally:
+        assert again.stop(signal.SIGTERM) == 0
+    assert after.failures == []
+    successes, errors = assert_answers_match_rows([before, during, after], await rows(data))
+    print(f"read-only data dir: {successes} activated, {errors} answered 0x80070013")
