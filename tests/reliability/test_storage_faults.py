@@ -2,8 +2,8 @@
 
 Real faults on real file systems (mounting needs root, as CI has; elsewhere these skip):
 
-* **Full.** The data dir is a small tmpfs (8 MiB); a filler file takes every free block while strict
-  clients activate fresh CMIDs. Requests that cannot be recorded are answered HRESULT
+* **Full.** The data dir is a small tmpfs (8 MiB); a filler file takes every free block
+  while strict clients activate fresh CMIDs. Requests that cannot be recorded are answered HRESULT
   0x80070070 (ERROR_DISK_FULL, kms_host.errors); one ``storage_failed`` line names the file
   and the OS error; once the filler is removed the host activates again, without a restart,
   and logs one ``storage_recovered``.
