@@ -13,6 +13,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_USAGE",
+    "HRESULT_ACCESS_DENIED",
     "HRESULT_DISK_FULL",
     "HRESULT_FILE_CORRUPT",
     "HRESULT_GEN_FAILURE",
@@ -63,6 +64,8 @@ HRESULT_DISK_FULL = 0x80070070
 """ERROR_DISK_FULL (112): the data dir's file system is full (SQLITE_FULL, ENOSPC)."""
 HRESULT_WRITE_PROTECT = 0x80070013
 """ERROR_WRITE_PROTECT (19): the data dir's file system is read-only (EROFS)."""
+HRESULT_ACCESS_DENIED = 0x80070005
+"""ERROR_ACCESS_DENIED (5): this user may not write the data dir or the table (EACCES)."""
 HRESULT_FILE_CORRUPT = 0x80070570
 """ERROR_FILE_CORRUPT (1392): the client table's file is damaged or not a client table."""
 HRESULT_GEN_FAILURE = 0x8007001F

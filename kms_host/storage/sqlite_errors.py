@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from kms_host.errors import (
+    HRESULT_ACCESS_DENIED,
     HRESULT_DISK_FULL,
     HRESULT_FILE_CORRUPT,
     HRESULT_GEN_FAILURE,
@@ -36,8 +37,8 @@ _HRESULT_OF_ERRNO = {
     errno.ENOSPC: HRESULT_DISK_FULL,
     errno.EDQUOT: HRESULT_DISK_FULL,
     errno.EROFS: HRESULT_WRITE_PROTECT,
-    errno.EACCES: HRESULT_WRITE_PROTECT,
-    errno.EPERM: HRESULT_WRITE_PROTECT,
+    errno.EACCES: HRESULT_ACCESS_DENIED,
+    errno.EPERM: HRESULT_ACCESS_DENIED,
 }
 
 
