@@ -209,7 +209,8 @@ class ActivationService:
                 hresult=_hex(exc.hresult),
             )
             return KmsReply(hresult=exc.hresult)
-        self._storage.ok()
+        if not probe:  # a read works on a full or read-only disk: only a commit ends a fault
+            self._storage.ok()
         if decision.refusal is not None:
             self._finish(
                 self._log.debug if probe else self._log.warning,

@@ -33,11 +33,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability_host import WAIT_S, Daemon, Load
+from reliability_host import WAIT_S, Daemon, Load, request
 
+from kms_host.client.strict import KmsClient
 from kms_host.storage import open_store
 
 CLIENTS = 8
+PROBE_CMID = uuid.UUID("00000000-0000-4000-8000-000000001688")
 FAILED_ANSWERS = 50
 """Error answers to collect while the fault holds: many requests, still one log line."""
 
@@ -144,6 +146,12 @@ async def until_events(daemon: Daemon, name: str, count: int) -> None:
     assert len(daemon.named(name)) == count
 
 
+async def probe(port: int) -> int:
+    """What the host answers the reserved probe CMID (README: health probe): its HRESULT."""
+    async with await KmsClient.connect("127.0.0.1", port) as client:
+        return (await client.activate(request(PROBE_CMID))).hresult
+
+
 async def activations(port: int, count: int) -> Load:
     """``count`` activations by fresh CMIDs, one client after another."""
     load = Load(port, 1, per_client=count)
@@ -189,6 +197,8 @@ async def full_episodes(small_fs: Path, tmp_path: Path, episodes: int) -> None:
             loads.append(during)
             during.start()
             try:
+                await until_failures(during, FAILED_ANSWERS // 2)
+                assert await probe(port) == 0  # it reads: no answer about the fault
                 await until_failures(during, FAILED_ANSWERS)
             finally:
                 await during.stop()
