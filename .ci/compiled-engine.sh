@@ -4,8 +4,8 @@
 # second venv, .venv-compiled, and runs the cipher and KMS vector tests against that
 # installed package. Never in place: a .so beside the source would shadow the interpreted
 # engine for the first venv's editable install too. Fails unless the compiled engine is the
-# one the tests loaded: KMS_HOST_EXPECT_COMPILED=1 turns its test from a skip into a failure,
-# and that test must show up as PASSED.
+# one the tests loaded: KMS_HOST_EXPECT_COMPILED=1 has its test expect the compiled engine
+# (without it, the interpreted one), and that test must show up as PASSED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=$PWD/.venv-compiled

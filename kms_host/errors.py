@@ -84,6 +84,14 @@ class StorageError(KmsHostError):
         self.hresult = hresult
 
 
+class DataDirError(KmsHostError):
+    """A file kms-host keeps in its data dir (the host identity) is unreadable or not its own.
+
+    A failure at run time (exit 1), not a configuration error: nothing in the config is
+    wrong, the fix is in the data dir, and the message names the file and what to do.
+    """
+
+
 class WorkerError(KmsHostError):
     """A worker of ``serve --workers`` failed: it exited on its own or never listened.
 

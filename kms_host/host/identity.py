@@ -18,7 +18,7 @@ from datetime import date
 from pathlib import Path
 
 from kms_host.config import HostConfig
-from kms_host.errors import ConfigError
+from kms_host.errors import ConfigError, DataDirError
 from kms_host.policy.catalog import Catalog, HostKeyGroup
 from protocol.errors import EpidError, ProtocolError
 from protocol.kms.epid import (
@@ -118,17 +118,18 @@ def _read(path: Path) -> tuple[str, dict[str, str]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", key="storage.data_dir") from exc
+        raise DataDirError(f"cannot read {path}: {exc.strerror}") from exc
     except ValueError as exc:  # empty, truncated, not UTF-8: JSONDecodeError, UnicodeDecodeError
-        raise ConfigError(
-            f"{path} is not valid JSON ({exc}); remove it to generate a new identity",
-            key="storage.data_dir",
+        raise DataDirError(
+            f"{path} is not valid JSON ({exc}); remove it to generate a new identity"
         ) from None
     if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
-        raise ConfigError(f"{path} is not a kms-host identity file", key="storage.data_dir")
+        raise DataDirError(
+            f"{path} is not a kms-host identity file; remove it to generate a new identity"
+        )
     epids = data.get("epids", {})
     if not isinstance(epids, dict):
-        raise ConfigError(f"{path}: 'epids' is not a table", key="storage.data_dir")
+        raise DataDirError(f"{path}: 'epids' is not a table; remove it to generate a new identity")
     return str(data.get("hwid", "")), {str(k): str(v) for k, v in epids.items()}
 
 

@@ -31,7 +31,7 @@ Choices the spec leaves open, and what this machine does:
   connection without a reply, as both emulators do (spec 1.3). co_cancel and orphaned
   are ignored.
 * A request without PFC_LAST_FRAG is reassembled by call_id
-  (:mod:`protocol.rpc.reassembly`, spec 1.5), up to ``max_reassembly_bytes``.
+  (:class:`~protocol.rpc.framing.Reassembler`, spec 1.5), up to ``max_reassembly_bytes``.
 * Replies echo the bind's ``rpc_vers_minor`` (spec 1.2).
 * ``receive_data(b"")`` means the peer closed its side (h11's convention).
 """
@@ -60,7 +60,7 @@ from protocol.rpc.events import (
     ProtocolViolation,
     ServerEvent,
 )
-from protocol.rpc.framing import FrameBuffer
+from protocol.rpc.framing import FrameBuffer, Reassembler
 from protocol.rpc.ndr import unwrap_request_stub, wrap_error_stub, wrap_response_stub
 from protocol.rpc.negotiation import Negotiation, negotiate
 from protocol.rpc.pdus import (
@@ -76,7 +76,6 @@ from protocol.rpc.pdus import (
     Request,
     Response,
 )
-from protocol.rpc.reassembly import Reassembler
 
 __all__ = ["FAULT_ALLOC_HINT", "RpcServerConnection", "ServerSettings"]
 

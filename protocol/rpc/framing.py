@@ -1,4 +1,4 @@
-"""Split a TCP byte stream into DCE/RPC PDUs by ``frag_length`` (spec 1.1, 10.6).
+"""Split a TCP byte stream into DCE/RPC PDUs (spec 1.1, 10.6), and fragments into calls (1.5).
 
 TCP gives no message boundaries: a PDU may arrive over several reads and several PDUs
 in one read. :class:`FrameBuffer` waits for the 16-byte common header, checks it, then
@@ -18,16 +18,26 @@ the connection closes, architecture 4.4):
   sends ``10 00 00 00`` and a simulator may refuse anything else). Only the integer
   nibble is checked; KMS PDUs carry no characters or floats whose format would matter.
 * ``16 <= frag_length <= max_pdu_bytes``.
+
+:class:`Reassembler` puts fragmented requests back together by call_id (spec 1.5). Real
+KMS clients never fragment: a request is at most 300 bytes. The spec still asks for the
+robust behaviour: a request without PFC_LAST_FRAG starts (PFC_FIRST_FRAG) or continues a
+call; its stub bytes are appended until the fragment with PFC_LAST_FRAG
+arrives. The stub bytes of all pending calls together are capped, so a peer cannot
+make the buffers grow without bound (architecture 4.8); over the cap the connection
+closes (:class:`~protocol.errors.FramingError`). A fragment that restarts a pending
+call or continues a call that is not pending breaks the protocol and closes too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from protocol.errors import FramingError
-from protocol.rpc.constants import PType
+from protocol.errors import FramingError, RpcError
+from protocol.rpc.constants import PFC, PType
+from protocol.rpc.pdus import Request
 
-__all__ = ["HEADER_SIZE", "FrameBuffer"]
+__all__ = ["HEADER_SIZE", "FrameBuffer", "Reassembler"]
 
 HEADER_SIZE = 16
 _SUPPORTED_MINOR_VERSIONS = (0, 1)
@@ -97,3 +107,39 @@ class FrameBuffer:
         if not HEADER_SIZE <= frag_length <= self._cap:
             raise FramingError(f"frag_length {frag_length} outside [{HEADER_SIZE}, {self._cap}]")
         return frag_length
+
+
+class Reassembler:
+    """Collect the stub data of fragmented calls."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._pending: dict[int, bytearray] = {}  # call_id -> stub so far
+        self._pending_bytes = 0
+
+    def add(self, request: Request) -> bytes | None:
+        """Return the call's whole stub once ``request`` completes it, else None."""
+        first = PFC.FIRST_FRAG in request.pfc_flags
+        last = PFC.LAST_FRAG in request.pfc_flags
+        pending = self._pending.get(request.call_id)
+        if first and last and pending is None:
+            return request.stub  # what every real client sends
+        if first == (pending is not None):
+            state = "restarts a pending call" if first else "continues no pending call"
+            raise RpcError(f"request fragment of call {request.call_id} {state}")
+        self._pending_bytes += len(request.stub)
+        if self._pending_bytes > self._max_bytes:
+            raise FramingError(f"fragmented requests exceed {self._max_bytes} bytes")
+        if pending is None:
+            pending = self._pending[request.call_id] = bytearray()
+        pending += request.stub
+        if not last:
+            return None
+        self.forget(request.call_id)
+        return bytes(pending)
+
+    def forget(self, call_id: int) -> None:
+        """Drop whatever was collected for ``call_id`` (the call was refused)."""
+        pending = self._pending.pop(call_id, None)
+        if pending is not None:
+            self._pending_bytes -= len(pending)

@@ -151,7 +151,10 @@ async def test_requests_of_one_iteration_are_opened_together() -> None:
     opener = LoopBatcher[bytes, OpenedRequest](work)
     exchanges = [exchange(ProtocolVersion.V6, n) for n in range(20)]
     exchanges += [exchange(ProtocolVersion.V5, 20), exchange(ProtocolVersion.V4, 21)]
-    broken = exchanges[3][0].wire[:-1] + bytes([exchanges[3][0].wire[-1] ^ 1])
+    # Cut short of a whole block: always refused. (A flipped bit in the last block is not:
+    # with probability 1/256 the garbled padding reads as one byte, and the spec's hosts
+    # accept a request longer than its 236 bytes, 10.11.)
+    broken = exchanges[3][0].wire[:-1]
     messages = [pending.wire for pending, _, _ in exchanges] + [broken]
     results = await asyncio.gather(*(opener.run(m) for m in messages), return_exceptions=True)
     assert batches == [len(messages)]

@@ -9,8 +9,7 @@ Spec 5.3 (the V4 MAC's padding) and 5.4 (the CBC framing) are the callers' busin
 Two engines compute the same cipher, each fastest where it runs:
 
 * :mod:`~protocol.kms.cipher.interpreted`, for the interpreter: T-table chains, and the
-  independent blocks of a message or a batch a round of all at once
-  (:mod:`~protocol.kms.cipher._wide`, part of that engine);
+  independent blocks of a message or a batch a round of all at once;
 * :mod:`~protocol.kms.cipher.compiled`, for mypyc (``KMS_HOST_MYPYC=1``): S-box bytes and
   native word arithmetic, a block at a time.
 

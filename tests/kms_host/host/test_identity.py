@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kms_host.config import HostConfig
-from kms_host.errors import ConfigError
+from kms_host.errors import ConfigError, DataDirError
 from kms_host.host.identity import IDENTITY_FILE, load_identity
 from kms_host.policy.catalog_file import load_catalog
 from protocol.kms.epid import parse_epid
@@ -65,5 +65,5 @@ def test_a_malformed_configured_epid_is_a_config_error(tmp_path: Path) -> None:
 
 def test_a_foreign_identity_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / IDENTITY_FILE).write_text('{"something": "else"}', encoding="utf-8")
-    with pytest.raises(ConfigError):
+    with pytest.raises(DataDirError, match="not a kms-host identity file; remove it"):
         load_identity(tmp_path, catalog=CATALOG, host=HostConfig(), today=TODAY, rng=os.urandom)
