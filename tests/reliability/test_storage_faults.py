@@ -96,20 +96,26 @@ def ext4(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"mounting an ext4 image on a loop device was refused: {exc.stderr.strip()}")
     try:
+        if not error_trigger(target).exists():
+            pytest.skip("this kernel's ext4 has no trigger_fs_error to turn it read-only")
         yield target, image
     finally:
         _umount(target)
 
 
-def make_read_only(target: Path) -> None:
-    """Have ext4 meet an error, as a failing disk does: it turns read-only at once."""
+def error_trigger(target: Path) -> Path:
+    """The sysfs file by which ext4 meets an error on the file system mounted at ``target``."""
     device = next(
         line.split()[0]
         for line in Path("/proc/mounts").read_text().splitlines()
         if line.split()[1] == str(target)
     )
-    trigger = Path("/sys/fs/ext4") / Path(device).resolve().name / "trigger_fs_error"
-    trigger.write_text("kms-host storage fault test\n")
+    return Path("/sys/fs/ext4") / Path(device).resolve().name / "trigger_fs_error"
+
+
+def make_read_only(target: Path) -> None:
+    """Have ext4 meet an error, as a failing disk does: it turns read-only at once."""
+    error_trigger(target).write_text("kms-host storage fault test\n")
 
 
 def repair(target: Path, image: Path) -> None:
