@@ -13,6 +13,11 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_USAGE",
+    "HRESULT_ACCESS_DENIED",
+    "HRESULT_DISK_FULL",
+    "HRESULT_FILE_CORRUPT",
+    "HRESULT_GEN_FAILURE",
+    "HRESULT_WRITE_PROTECT",
     "ConfigError",
     "KmsHostError",
     "StorageError",
@@ -48,8 +53,35 @@ class ConfigError(KmsHostError):
         return f"config error at {self.key}: {self}" if self.key else f"config error: {self}"
 
 
+# What a client is answered when its request cannot be recorded. A genuine host is a Windows
+# service: it reports a failure of its own store as HRESULT_FROM_WIN32 of the Win32 error, as
+# it answers bad data with HRESULT_FROM_WIN32(ERROR_INVALID_DATA) = 0x8007000D (spec 3.4.3).
+# That is a KMS-level answer (a normal response with a NULL pointer and the HRESULT), not an
+# RPC fault: the call arrived and was understood; the host could not carry it out. So the
+# client sees the cause (slmgr: "There is not enough space on the disk") and retries at its
+# activation interval, as after any failed activation.
+HRESULT_DISK_FULL = 0x80070070
+"""ERROR_DISK_FULL (112): the data dir's file system is full (SQLITE_FULL, ENOSPC)."""
+HRESULT_WRITE_PROTECT = 0x80070013
+"""ERROR_WRITE_PROTECT (19): the data dir's file system is read-only (EROFS)."""
+HRESULT_ACCESS_DENIED = 0x80070005
+"""ERROR_ACCESS_DENIED (5): this user may not write the data dir or the table (EACCES)."""
+HRESULT_FILE_CORRUPT = 0x80070570
+"""ERROR_FILE_CORRUPT (1392): the client table's file is damaged or not a client table."""
+HRESULT_GEN_FAILURE = 0x8007001F
+"""ERROR_GEN_FAILURE (31): any other failure (an I/O error, a lock held too long, a bug)."""
+
+
 class StorageError(KmsHostError):
-    """The client table could not be read or written (the ``sqlite3`` error is the cause)."""
+    """The client table could not be read or written (the ``sqlite3`` error is the cause).
+
+    ``hresult`` is what a client whose request could not be recorded is answered; the backend
+    chooses it from the cause (one of the ``HRESULT_*`` above).
+    """
+
+    def __init__(self, message: str, *, hresult: int = HRESULT_GEN_FAILURE) -> None:
+        super().__init__(message)
+        self.hresult = hresult
 
 
 class DataDirError(KmsHostError):

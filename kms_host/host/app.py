@@ -112,7 +112,12 @@ def runtime_file(
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            # The data dir turned read-only: the stop itself went well, and the file left
+            # names a pid that no longer runs, which is how ``status`` reads a stale one.
+            log.warning("runtime_file_left", detail=str(exc))
 
 
 def runtime_settings(config: Config) -> dict[str, object]:

@@ -134,7 +134,22 @@ def _read(path: Path) -> tuple[str, dict[str, str]]:
 
 
 def _write(path: Path, data: Mapping[str, object]) -> None:
+    """Replace the file durably: its bytes on disk before the rename, the rename before return.
+
+    Without the fsyncs, ext4 may commit the rename before the data (delayed allocation): a
+    crash or a file-system error in the seconds after the first start left an empty
+    identity file, and the host then refused to start until it was removed, which gives
+    every client a new ePID.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as out:
+        out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

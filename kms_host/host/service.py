@@ -30,11 +30,12 @@ from kms_host.errors import StorageError
 from kms_host.host.identity import HostIdentity
 from kms_host.host.observe import ActivationOutcome, HostObserver, NullObserver
 from kms_host.host.reply import KmsReply
+from kms_host.host.storage_health import StorageHealth
 from kms_host.policy.activation import AppTally, Assessment, Decision, decide, reported_count
 from kms_host.policy.catalog import Catalog
 from kms_host.policy.scenario import ScenarioBook, ScenarioRule, corrupt, log_fields
 from kms_host.storage import ClientStore, Sighting
-from protocol.errors import NCA_S_FAULT_UNSPEC, KmsError
+from protocol.errors import KmsError
 from protocol.kms import (
     KmsRequest,
     KmsResponse,
@@ -109,6 +110,7 @@ class ActivationService:
         # every call (loggers are not cached, so tests may reconfigure), a cost paid on
         # every activation. The host is built after logging is configured.
         self._log = log.bind()
+        self._storage = StorageHealth(self._log)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -144,7 +146,9 @@ class ActivationService:
             try:
                 await self._store.count_unreadable()
             except StorageError as storage_exc:
-                self._log.error("request_stats_failed", detail=str(storage_exc))
+                self._storage.failed(storage_exc)  # the answer stays the one for its input
+            else:
+                self._storage.ok()
             self._finish(
                 self._log.warning,
                 started,
@@ -191,17 +195,22 @@ class ActivationService:
                 sighting = _sighting(request, decision, peer=base["peer"], seen_at=now)
                 tally = await self._store.record(sighting, since=now - self._window)
         except StorageError as exc:
+            # Never "activated" without its row: the client is told why it was not recorded
+            # (kms_host.errors); the cause is logged once per episode, not once per request.
+            self._storage.failed(exc)
             self._finish(
-                self._log.error,
+                self._log.warning,
                 started,
                 fields,
                 app=assessment.app,
                 group=group,
-                code=NCA_S_FAULT_UNSPEC,
+                code=exc.hresult,
                 result="storage_failed",
-                detail=str(exc),
+                hresult=_hex(exc.hresult),
             )
-            return KmsReply(fault_status=NCA_S_FAULT_UNSPEC)
+            return KmsReply(hresult=exc.hresult)
+        if not probe:  # a read works on a full or read-only disk: only a commit ends a fault
+            self._storage.ok()
         if decision.refusal is not None:
             self._finish(
                 self._log.debug if probe else self._log.warning,

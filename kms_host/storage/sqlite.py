@@ -38,14 +38,14 @@ Theory of operation:
 * Schema. ``PRAGMA user_version`` is the number of migrations applied;
   ``sqlite_schema.MIGRATIONS`` is the ordered list, each applied in its own transaction.
 * Errors. ``sqlite3`` and file-system errors become :class:`StorageError` in one place,
-  :meth:`SqliteClientStore._in_thread`.
+  :meth:`SqliteClientStore._in_thread`, which names the OS error behind them and chooses the
+  HRESULT a client is answered (:mod:`~kms_host.storage.sqlite_errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import sqlite3
 import time
 import uuid
@@ -61,6 +61,7 @@ from kms_host.policy.activation import AppTally
 from kms_host.storage import ClientRecord, RequestStats, Sighting
 from kms_host.storage import sqlite_queries as queries
 from kms_host.storage import sqlite_schema as schema
+from kms_host.storage.sqlite_errors import storage_error
 
 __all__ = ["SqliteClientStore"]
 
@@ -143,19 +144,13 @@ class SqliteClientStore:
             result = job(self._conn, *args)
             self._note_data_version(self._conn)
             return result
+        except StorageError as exc:  # a job's own verdict (the schema): name the file too
+            raise StorageError(f"{self._path}: {exc}", hresult=exc.hresult) from exc
         except (sqlite3.Error, OSError) as exc:
             raise self._storage_error(exc) from exc
 
     def _storage_error(self, exc: sqlite3.Error | OSError) -> StorageError:
-        # SQLite says "unable to open database file" for a read-only data dir (WAL needs to
-        # create its -wal and -shm files there): name the permission that is missing.
-        for where in (self._path.parent, self._path):
-            if where.exists() and not os.access(where, os.W_OK):
-                return StorageError(
-                    f"{self._path}: {exc} (permission denied: {where} is not writable"
-                    f" by uid {os.getuid()})"
-                )
-        return StorageError(f"{self._path}: {exc}")
+        return storage_error(self._path, exc)
 
     def _note_data_version(self, conn: sqlite3.Connection) -> None:
         """``PRAGMA data_version`` moves only when *another* connection commits (SQLite docs)."""

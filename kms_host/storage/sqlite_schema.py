@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from kms_host.errors import StorageError
+from kms_host.errors import HRESULT_FILE_CORRUPT, StorageError
+from kms_host.storage.sqlite_errors import MOVE_ASIDE
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -201,6 +202,7 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; transaction() says where they are.
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
+        _refuse_foreign(conn)  # before WAL mode, which another program's file would be given
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[synchronous]}")
         # Statement and savepoint journals in memory: they only undo a statement or a
@@ -218,6 +220,23 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 def _user_version(conn: sqlite3.Connection) -> int:
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
     return version
+
+
+def _refuse_foreign(conn: sqlite3.Connection) -> None:
+    """A file with tables but no migration applied was made by something else: refuse it.
+
+    Running v1 on it would fail on a table name it happens to share, or mix two schemas.
+    Our own files never look so, even to a process that opens one while another creates it:
+    v1 commits its tables and ``user_version`` 1 together.
+    """
+    if (
+        _user_version(conn) == 0
+        and conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+    ):
+        raise StorageError(
+            f"a SQLite database but not a kms-host client table: {MOVE_ASIDE}",
+            hresult=HRESULT_FILE_CORRUPT,
+        )
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -111,6 +111,8 @@ def test_every_row_of_the_commands_exit_table(
     daemon, address, _ = host
     data = ["--data-dir", str(tmp_path / "data")]
     (tmp_path / "bad.toml").write_text('[counting]\nmode = "bogus"\n')
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "kms-host.sqlite3").write_bytes(b"not a SQLite file " * 512)
     bad = str(tmp_path / "bad.toml")
     assert _run(tmp_path, "activate", address).returncode == 0  # one client for the views
     bench = ["bench", "--mode", "fresh", "--concurrency", "1"]
@@ -122,6 +124,12 @@ def test_every_row_of_the_commands_exit_table(
         (0, "`check-config`'s file is valid", ["check-config", "lab.toml"]),
         (0, "`bench` verified activations", [*bench, address, "--requests", "1"]),
         (1, "no client table there", ["status", "--data-dir", "nowhere"]),
+        (1, "the client table is damaged", ["status", "--data-dir", "damaged"]),
+        (
+            1,
+            "the client table is damaged",
+            ["serve", "--data-dir", "damaged", "--listen", "127.0.0.1:0"],
+        ),
         (1, "nothing matched", ["clients", *data, "--app", "office"]),
         (1, "nothing matched", ["products", "no such product at all"]),
         (1, "refused", ["probe", closed_port()]),
