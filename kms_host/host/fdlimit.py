@@ -1,0 +1,45 @@
+"""Enough file descriptors for ``server.max_connections``: raise the soft limit at start.
+
+Every open connection holds a descriptor, and the daemon needs some more of its own (the
+listening sockets, SQLite's files, the event loop, the metrics, dashboard and DNS sockets).
+systemd and most shells start services with a soft RLIMIT_NOFILE of 1024 and a much higher
+hard limit, and leave raising the soft one to the program (systemd.exec(5), LimitNOFILE=):
+at 1024 the default ``max_connections`` of 1024 could never be reached, and at the limit
+asyncio's accept loop logs an error and stops accepting for a second. So the soft limit is
+raised as far as the hard one allows; when even that is short, one warning says so at start,
+naming both figures, instead of errors under load.
+"""
+
+from __future__ import annotations
+
+import resource
+
+import structlog
+
+__all__ = ["RESERVED_FDS", "ensure_fd_limit"]
+
+log = structlog.get_logger("kms_host.server")
+
+RESERVED_FDS = 256
+"""Descriptors kept for the daemon's own files and sockets, beside one per connection."""
+
+
+def ensure_fd_limit(max_connections: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to fit ``max_connections``; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + RESERVED_FDS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if ceiling > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+            log.debug("fd_limit_raised", soft_before=soft, soft=ceiling, hard=hard)
+            soft = ceiling
+        if soft < wanted:
+            log.warning(
+                "fd_limit_low",
+                soft=soft,
+                hard=hard,
+                max_connections=max_connections,
+                needed=wanted,
+            )
+    return soft
