@@ -81,11 +81,16 @@ class KmsClient:
         ndr64: bool = True,
         btfn: bool = True,
         timeout_s: float = 5.0,
+        local_host: str | None = None,
     ) -> KmsClient:
-        """Open a TCP connection and bind (with alter_context if needed)."""
+        """Open a TCP connection and bind (with alter_context if needed).
+
+        ``local_host`` is the source address to connect from (default: the system's choice).
+        """
+        local_addr = None if local_host is None else (local_host, 0)
         try:
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
         except TimeoutError as exc:
             raise ClientError(f"connecting to {host}:{port} timed out", stage="timeout") from exc
         except OSError as exc:
