@@ -37,7 +37,7 @@ from kms_host.discovery.responder import serve_dns
 from kms_host.discovery.zone import SrvZone
 from kms_host.errors import ConfigError
 from kms_host.host.admission import PeerLimits
-from kms_host.host.fdlimit import ensure_fd_limit
+from kms_host.host.fdlimit import fit_fd_limit
 from kms_host.host.identity import load_identity
 from kms_host.host.listener import KmsServer, ServerLimits
 from kms_host.host.lock import hold_data_dir
@@ -182,7 +182,6 @@ def check_catalog_settings(config: Config, catalog: Catalog) -> frozenset[str]:
 async def _kms_listener(
     config: Config, service: ActivationService, observer: HostObserver, *, reuse_port: bool
 ) -> AsyncIterator[list[tuple[str, int]]]:
-    ensure_fd_limit(config.server.max_connections)
     server = KmsServer(
         reuse_port=reuse_port,
         listen=config.server.listen,
@@ -191,7 +190,7 @@ async def _kms_listener(
         limits=ServerLimits(
             idle_timeout_s=config.server.idle_timeout_s,
             exchange_timeout_s=config.server.exchange_timeout_s,
-            max_connections=config.server.max_connections,
+            max_connections=fit_fd_limit(config.server.max_connections),
             max_pdu_bytes=config.server.max_pdu_bytes,
             ndr64=config.server.ndr64,
             btfn=config.server.btfn,

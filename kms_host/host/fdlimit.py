@@ -5,9 +5,10 @@ listening sockets, SQLite's files, the event loop, the metrics, dashboard and DN
 systemd and most shells start services with a soft RLIMIT_NOFILE of 1024 and a much higher
 hard limit, and leave raising the soft one to the program (systemd.exec(5), LimitNOFILE=):
 at 1024 the default ``max_connections`` of 1024 could never be reached, and at the limit
-asyncio's accept loop logs an error and stops accepting for a second. So the soft limit is
-raised as far as the hard one allows; when even that is short, one warning says so at start,
-naming both figures, instead of errors under load.
+asyncio's accept loop logs an error and stops accepting for a second, while waiting clients
+time out. So the soft limit is raised as far as the hard one allows; when even that is
+short, ``max_connections`` is lowered to what fits and one warning says so at start: further
+connections are then refused cleanly, as over any ``max_connections``, instead of failing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import resource
 
 import structlog
 
-__all__ = ["RESERVED_FDS", "ensure_fd_limit"]
+__all__ = ["RESERVED_FDS", "fit_fd_limit"]
 
 log = structlog.get_logger("kms_host.server")
 
@@ -24,22 +25,26 @@ RESERVED_FDS = 256
 """Descriptors kept for the daemon's own files and sockets, beside one per connection."""
 
 
-def ensure_fd_limit(max_connections: int) -> int:
-    """Raise the soft RLIMIT_NOFILE to fit ``max_connections``; returns the soft limit now."""
+def fit_fd_limit(max_connections: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to fit ``max_connections``; return the connections that fit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = max_connections + RESERVED_FDS
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        if ceiling > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
-            log.debug("fd_limit_raised", soft_before=soft, soft=ceiling, hard=hard)
-            soft = ceiling
-        if soft < wanted:
-            log.warning(
-                "fd_limit_low",
-                soft=soft,
-                hard=hard,
-                max_connections=max_connections,
-                needed=wanted,
-            )
-    return soft
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return max_connections
+    ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if ceiling > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        log.debug("fd_limit_raised", soft_before=soft, soft=ceiling, hard=hard)
+        soft = ceiling
+    if soft >= wanted:
+        return max_connections
+    fitting = max(soft - RESERVED_FDS, 1)
+    log.warning(
+        "fd_limit_low",
+        soft=soft,
+        hard=hard,
+        max_connections=max_connections,
+        needed=wanted,
+        max_connections_served=fitting,
+    )
+    return fitting

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -59,7 +60,8 @@ def request(cmid: uuid.UUID, version: ProtocolVersion = ProtocolVersion.V6) -> K
 class Daemon:
     """``kms-host serve`` as a subprocess, with its JSON log lines collected by a thread."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, max_fds: int | None = None) -> None:
+        """``max_fds``: the daemon's RLIMIT_NOFILE, soft and hard (default: this process's)."""
         self.data_dir = data_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HOST_")}
         self.process = subprocess.Popen(
@@ -71,6 +73,7 @@ class Daemon:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            preexec_fn=None if max_fds is None else lambda: _limit_fds(max_fds),  # noqa: PLW1509
         )
         self.events: list[dict[str, Any]] = []
         self._ended = False
@@ -118,6 +121,11 @@ class Daemon:
         """Events carrying a traceback, and plain lines that look like one."""
         with self._changed:
             return [e for e in self.events if "exception" in e or "Traceback" in e.get("line", "")]
+
+
+def _limit_fds(count: int) -> None:
+    """Runs in the forked child before exec: one C call, no lock taken."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def gone(pid: int) -> bool:

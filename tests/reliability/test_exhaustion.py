@@ -116,13 +116,13 @@ class Host:
 
 
 @contextlib.asynccontextmanager
-async def host(tmp_path: Path, toml: str) -> AsyncIterator[Host]:
+async def host(tmp_path: Path, toml: str, *, max_fds: int | None = None) -> AsyncIterator[Host]:
     config = tmp_path / "kms-host.toml"
     config.write_text(
         f'[metrics]\nlisten = "127.0.0.1:0"\n[counting]\nprefill = "none"\n[server]\n{toml}',
         encoding="utf-8",
     )
-    daemon = Daemon(tmp_path / "data", "--config", str(config))
+    daemon = Daemon(tmp_path / "data", "--config", str(config), max_fds=max_fds)
     try:
         yield await asyncio.to_thread(Host, daemon)
     finally:
@@ -368,17 +368,16 @@ async def test_per_peer_request_rate_faults_server_too_busy_and_runs_nothing(
 ) -> None:
     toml = "peer_request_rate_per_s = 0.01\npeer_request_burst = 3\n"
     async with host(tmp_path, toml) as kms:
-        statuses: list[int | None] = []
+        statuses: list[tuple[str, int | None]] = []
         async with await KmsClient.connect("127.0.0.1", kms.port, local_host="127.0.0.2") as one:
             for _ in range(5):
                 try:
-                    statuses.append((await one.activate(request(uuid.uuid4()))).hresult)
-                except ClientError as exc:
-                    assert exc.stage == "call"  # a fault, on a connection still up
-                    statuses.append(exc.status)
+                    statuses.append(("answer", (await one.activate(request(uuid.uuid4()))).hresult))
+                except ClientError as exc:  # stage "call": a fault, on a connection still up
+                    statuses.append((exc.stage, exc.status))
         await kms.activate("127.0.0.3")
         scraped = await asyncio.to_thread(kms.scrape)
-    assert statuses == [0, 0, 0, NCA_S_SERVER_TOO_BUSY, NCA_S_SERVER_TOO_BUSY]
+    assert statuses == [("answer", 0)] * 3 + [("call", NCA_S_SERVER_TOO_BUSY)] * 2
     assert metric(scraped, "kms_host_peer_limited_total", limit="peer_request_rate") == 2
     (line,) = kms.daemon.named("request_refused")
     assert (line["reason"], line["peer"], line["suppressed"]) == (
@@ -391,3 +390,31 @@ async def test_per_peer_request_rate_faults_server_too_busy_and_runs_nothing(
         assert len(await store.clients(app="windows")) == 4  # the faulted calls never ran
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_short_fd_limit_lowers_max_connections_and_refuses_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Hard limit 400, below the default 1024 connections: the daemon serves what fits."""
+    async with host(tmp_path, "", max_fds=400) as kms:
+        (warning,) = kms.daemon.named("fd_limit_low")
+        served = int(warning["max_connections_served"])
+        assert 1 <= served < 400
+        base_fds = fds(kms.pid)
+        held = await asyncio.to_thread(lambda: [connect(port=kms.port) for _ in range(served)])
+        try:
+            await kms.wait_open(served)
+            over = await asyncio.to_thread(lambda: [connect(port=kms.port) for _ in range(50)])
+            refused = await asyncio.to_thread(lambda: [closed_by_host(s) for s in over])
+            for sock in over:
+                sock.close()
+        finally:
+            for sock in held:
+                sock.close()
+        await settle_fds(kms.pid, base_fds)
+        await kms.activate()
+        scraped = await asyncio.to_thread(kms.scrape)
+    assert refused == [True] * 50
+    assert metric(scraped, "kms_host_refused_connections_total") == 50
+    print(f"\nfd limit 400: {served} connections served, 50 more refused cleanly")
