@@ -19,6 +19,9 @@ What a peer over a limit sees:
   call never ran, reports RPC_S_SERVER_TOO_BUSY (0x800706BB) and retries later, and the
   association stays up. Closing instead would look like a network failure.
 
+With ``serve --workers N`` each worker keeps its own counts: the kernel spreads a peer's
+connections over the workers, so a peer may get up to N times each limit.
+
 Rates are token buckets: ``burst`` tokens to start with, refilled at ``rate_per_s``; each
 connection (or call) takes one. A peer's bucket that has refilled completely is the same as
 none, so full buckets are dropped and the table holds only the peers that were recently busy.

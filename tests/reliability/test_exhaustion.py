@@ -171,6 +171,25 @@ def bound(sock: socket.socket) -> bool:
     return answer[2:3] == b"\x0c"
 
 
+async def trickle_until_closed(port: int) -> tuple[float, int]:
+    """Send the captured bind a byte a second (each resets the idle timer) until the host
+    closes; return the seconds that took and the bytes sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    closed = asyncio.ensure_future(reader.read(1))
+    try:
+        for sent, byte in enumerate(BIND, 1):
+            writer.write(bytes([byte]))
+            done, _ = await asyncio.wait([closed], timeout=1.0)
+            if done:
+                assert closed.result() == b""
+                return time.monotonic() - started, sent
+        raise AssertionError("the whole bind went through")
+    finally:
+        closed.cancel()
+        writer.close()
+
+
 @pytest.mark.asyncio
 async def test_a_fresh_client_activates_beside_1000_idle_connections(tmp_path: Path) -> None:
     async with host(tmp_path, "") as kms:
@@ -251,24 +270,6 @@ async def test_slow_peers_and_silent_binds_are_closed_at_their_timeouts(tmp_path
     async with host(tmp_path, toml) as kms:
         base_fds = fds(kms.pid)
 
-        async def trickle() -> tuple[float, int]:
-            """The captured bind, one byte a second: each byte resets the idle timer."""
-            reader, writer = await asyncio.open_connection("127.0.0.1", kms.port)
-            started, sent = time.monotonic(), 0
-            closed = asyncio.ensure_future(reader.read(1))
-            try:
-                for byte in BIND:
-                    writer.write(bytes([byte]))
-                    sent += 1
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            assert await asyncio.shield(closed) == b""
-                            return time.monotonic() - started, sent
-                raise AssertionError("the whole bind went through")
-            finally:
-                closed.cancel()
-                writer.close()
-
         async def bind_then_silence() -> float:
             reader, writer = await asyncio.open_connection("127.0.0.1", kms.port)
             writer.write(BIND)
@@ -294,7 +295,7 @@ async def test_slow_peers_and_silent_binds_are_closed_at_their_timeouts(tmp_path
                     await asyncio.sleep(idle_s * 0.6)
 
         (slow_s, sent), bind_s, silent_s, _ = await asyncio.gather(
-            trickle(), bind_then_silence(), silence(), reuse()
+            trickle_until_closed(kms.port), bind_then_silence(), silence(), reuse()
         )
         await settle_fds(kms.pid, base_fds)
         scraped = await asyncio.to_thread(kms.scrape)
@@ -423,3 +424,48 @@ async def test_a_short_fd_limit_lowers_max_connections_and_refuses_cleanly(
     assert refused == [True] * 50
     assert metric(scraped, "kms_host_refused_connections_total") == 50
     print(f"\nfd limit 400, {event_loop}: {served} connections served, 50 more refused cleanly")
+
+
+@pytest.mark.long
+@pytest.mark.asyncio
+async def test_rounds_of_idle_and_slow_peers_leave_nothing_behind(tmp_path: Path) -> None:
+    """Five rounds of 2000 idle connections and 200 slow peers, fresh clients beside them."""
+    idle_count, slow_count, rounds = 2000, 200, 5
+    toml = "max_connections = 3000\nexchange_timeout_s = 5\n"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(4096, hard)), hard))
+    async with host(tmp_path, toml) as kms:
+        await kms.activate()
+        await kms.wait_open(0)
+        base_fds, base_rss = fds(kms.pid), rss_kib(kms.pid)
+        figures = []
+        for _ in range(rounds):
+            idle = await asyncio.to_thread(
+                lambda: [connect(port=kms.port) for _ in range(idle_count)]
+            )
+            try:
+                slow = asyncio.gather(*(trickle_until_closed(kms.port) for _ in range(slow_count)))
+                worst = 0.0
+                for _ in range(10):
+                    started = time.perf_counter()
+                    await kms.activate()
+                    worst = max(worst, time.perf_counter() - started)
+                    await asyncio.sleep(0.3)
+                sent = [count for _, count in await slow]
+            finally:
+                for sock in idle:
+                    sock.close()
+            after = await settle_fds(kms.pid, base_fds)
+            figures.append((worst, max(sent), after, rss_kib(kms.pid)))
+            assert worst < 1.0
+            assert max(sent) < len(BIND)
+        scraped = await asyncio.to_thread(kms.scrape)
+    for number, (worst, most, after, rss) in enumerate(figures, 1):
+        print(
+            f"\nround {number}: worst activation {worst * 1000:.1f} ms, slow peers sent at most"
+            f" {most} bytes, fds {base_fds} -> {after}, RSS {base_rss} -> {rss} KiB"
+        )
+    assert metric(scraped, "kms_host_timed_out_connections_total", timeout="exchange") == (
+        slow_count * rounds
+    )
+    assert figures[-1][3] - figures[0][3] < RSS_TOLERANCE_KIB // 2
