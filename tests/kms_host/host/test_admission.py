@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kms_host.host.admission import (
     LogThrottle,
@@ -152,3 +154,19 @@ def test_request_rate_off_leaves_the_handler_alone() -> None:
 
     admission = PeerAdmission(PeerLimits(), PrometheusObserver(CATALOG))
     assert admission.limit_calls(handler) is handler
+
+
+@given(
+    rate=st.floats(min_value=0.01, max_value=1000),
+    burst=st.integers(min_value=1, max_value=100),
+    gaps=st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=300),
+)
+def test_bucket_never_grants_more_than_burst_plus_rate_times_elapsed(
+    rate: float, burst: int, gaps: list[float]
+) -> None:
+    bucket = TokenBucket.full(rate, burst, now=0.0)
+    now, granted = 0.0, 0
+    for gap in gaps:
+        now += gap
+        granted += bucket.take(now)
+    assert granted <= burst + rate * now + 1e-6
