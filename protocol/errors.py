@@ -25,6 +25,7 @@ __all__ = [
     "NCA_S_FAULT_UNSPEC",
     "NCA_S_OP_RNG_ERROR",
     "NCA_S_PROTO_ERROR",
+    "NCA_S_SERVER_TOO_BUSY",
     "NCA_S_UNK_IF",
     "RPC_X_BAD_STUB_DATA",
     "EpidError",
@@ -47,6 +48,8 @@ NCA_S_OP_RNG_ERROR = 0x1C010002
 NCA_S_UNK_IF = 0x1C010003
 NCA_S_PROTO_ERROR = 0x1C01000B
 NCA_S_FAULT_UNSPEC = 0x1C000012
+# The call did not run for want of resources; Windows clients report RPC_S_SERVER_TOO_BUSY.
+NCA_S_SERVER_TOO_BUSY = 0x1C010014
 RPC_X_BAD_STUB_DATA = 0x000006F7
 
 # HRESULT_FROM_WIN32(ERROR_INVALID_DATA): every malformed KMS message (spec 7.4).

@@ -82,15 +82,18 @@ class KmsClient:
         btfn: bool = True,
         timeout_s: float = 5.0,
         preamble: bytes = b"",
+        local_host: str | None = None,
     ) -> KmsClient:
         """Open a TCP connection and bind (with alter_context if needed).
 
         ``preamble`` is written first: a PROXY protocol header, to stand in for a load
         balancer in front of a host configured with ``[server] proxy_protocol_from``.
+        ``local_host`` is the source address to connect from (default: the system's choice).
         """
+        local_addr = None if local_host is None else (local_host, 0)
         try:
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
                 writer.write(preamble)
         except TimeoutError as exc:
             raise ClientError(f"connecting to {host}:{port} timed out", stage="timeout") from exc

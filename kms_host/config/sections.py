@@ -153,6 +153,11 @@ class ServerConfig:
     """Seconds a connection may stay silent before it is closed. Default 30; 1..600."""
     max_pdu_bytes: int = _option(4096, integer(1024, 65535))
     """Largest RPC PDU accepted, in bytes (a KMS request is under 1 KiB). Default 4096."""
+    exchange_timeout_s: float = _option(30.0, number(1, 600))
+    """Seconds a peer may take to send one whole PDU (a fragmented call counting as one),
+    from its first byte; then the connection is closed. A peer trickling bytes keeps the
+    idle timer from firing, not this one; a connection may still live on between whole
+    messages (spec 1.1: clients reuse it). Default 30; 1..600."""
     max_connections: int = _option(1024, integer(1, 65536))
     """Open connections at once; more are refused. Default 1024; 1..65536."""
     allow: tuple[str, ...] = _option(LAB_NETWORKS, _networks(allow_any=True, allow_empty=False))
@@ -165,6 +170,21 @@ class ServerConfig:
     refused_log_interval_s: float = _option(60.0, number(1, 86400))
     """Seconds between ``connection_refused`` lines for one peer refused by ``allow``;
     the refusals between are counted in the next line's ``suppressed``. Default 60."""
+    max_connections_per_peer: int = _option(0, integer(0, 65536))
+    """Open connections one peer (an IPv4 address, an IPv6 /64) may hold; more are closed at
+    accept. Default 0: off (a NAT'd farm is one peer); 0..65536."""
+    peer_connection_rate_per_s: float = _option(0.0, number(0, 100_000))
+    """New connections per second one peer may open, after ``peer_connection_burst``; more
+    are closed at accept. Default 0: off; 0..100000."""
+    peer_connection_burst: int = _option(100, integer(1, 1_000_000))
+    """Connections one peer may open at once before ``peer_connection_rate_per_s`` applies.
+    Default 100; 1..1000000."""
+    peer_request_rate_per_s: float = _option(0.0, number(0, 100_000))
+    """Activation calls per second one peer may make, after ``peer_request_burst``; more get
+    the RPC fault nca_s_server_too_busy (the call did not run). Default 0: off; 0..100000."""
+    peer_request_burst: int = _option(100, integer(1, 1_000_000))
+    """Calls one peer may make at once before ``peer_request_rate_per_s`` applies.
+    Default 100; 1..1000000."""
     shutdown_grace_s: float = _option(5.0, number(0, 300))
     """Seconds calls in flight get to finish on SIGTERM before they are cancelled. Default 5."""
     ndr64: bool = _option(True, boolean)

@@ -36,6 +36,8 @@ from kms_host.discovery.publisher import run_publisher
 from kms_host.discovery.responder import serve_dns
 from kms_host.discovery.zone import SrvZone
 from kms_host.errors import ConfigError
+from kms_host.host.admission import PeerLimits
+from kms_host.host.fdlimit import fit_fd_limit
 from kms_host.host.identity import load_identity
 from kms_host.host.listener import KmsServer, ServerLimits
 from kms_host.host.lock import hold_data_dir
@@ -193,10 +195,18 @@ async def _kms_listener(
         observer=observer,
         limits=ServerLimits(
             idle_timeout_s=config.server.idle_timeout_s,
-            max_connections=config.server.max_connections,
+            exchange_timeout_s=config.server.exchange_timeout_s,
+            max_connections=fit_fd_limit(config.server.max_connections),
             max_pdu_bytes=config.server.max_pdu_bytes,
             ndr64=config.server.ndr64,
             btfn=config.server.btfn,
+            peers=PeerLimits(
+                max_connections_per_peer=config.server.max_connections_per_peer,
+                connection_rate_per_s=config.server.peer_connection_rate_per_s,
+                connection_burst=config.server.peer_connection_burst,
+                request_rate_per_s=config.server.peer_request_rate_per_s,
+                request_burst=config.server.peer_request_burst,
+            ),
             refused_log_interval_s=config.server.refused_log_interval_s,
         ),
         peers=PeerPolicy(allow=config.server.allow, proxy_from=config.server.proxy_protocol_from),

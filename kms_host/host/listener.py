@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from kms_host.addresses import ANY_PEER, ListenAddress
+from kms_host.host.admission import LogThrottle, PeerAdmission, PeerLimits
 from kms_host.host.observe import HostObserver, NullObserver
 from kms_host.host.peer_policy import PeerGate, PeerPolicy
 from kms_host.host.reply import CallHandler
@@ -44,10 +45,12 @@ class ServerLimits:
     """The bounds the listener enforces; each comes from a named config key."""
 
     idle_timeout_s: float
+    exchange_timeout_s: float
     max_connections: int
     max_pdu_bytes: int
     ndr64: bool
     btfn: bool
+    peers: PeerLimits
     refused_log_interval_s: float = 60.0
 
 
@@ -133,7 +136,6 @@ class KmsServer:
     ) -> None:
         self._listen = listen
         self._reuse_port = reuse_port
-        self._handler = handler
         self._limits = limits
         self._observer: HostObserver = observer or NullObserver()
         self._gate = PeerGate(
@@ -141,6 +143,9 @@ class KmsServer:
             self._observer,
             log_interval_s=limits.refused_log_interval_s,
         )
+        self._peers = PeerAdmission(limits.peers, self._observer)
+        self._handler = self._peers.limit_calls(handler)
+        self._refusals = LogThrottle()
         seed = assoc_group_seed() if assoc_group_seed else int.from_bytes(os.urandom(4), "little")
         self._assoc_group = seed
         self._servers: list[asyncio.Server] = []
@@ -205,24 +210,33 @@ class KmsServer:
             admit=self._admit,
             on_finished=self._finished,
             idle_timeout_s=self._limits.idle_timeout_s,
+            exchange_timeout_s=self._limits.exchange_timeout_s,
             observer=self._observer,
             gate=self._gate,
         )
 
     def _admit(self, session: Session, transport: asyncio.Transport) -> ServerSettings | None:
-        """Take a new connection in, or refuse it: a peer outside ``allow``, or over
-        ``max_connections``. Runs before the session reads a byte of the peer's."""
+        """Take a new connection in, or refuse it: a peer outside ``allow``, ``max_connections``
+        open, a peer's limit. Runs before the session reads a byte of the peer's.
+
+        Refusal log lines are throttled (:class:`LogThrottle`): a flood of connections must
+        not become a flood of lines; each line says how many it stands for.
+        """
         via = {"via": session.via} if session.via else {}
         if not self._gate.admits(peer=session.peer, address=session.peer_ip, **via):
             return None
         if len(self._sessions) >= self._limits.max_connections:
             self._observer.connection_refused()
-            log.warning(
-                "connection_refused",
-                reason="max_connections",
-                peer=session.peer,
-                max_connections=self._limits.max_connections,
-            )
+            if (held := self._refusals.admit()) is not None:
+                log.warning(
+                    "connection_refused",
+                    reason="max_connections",
+                    peer=session.peer,
+                    max_connections=self._limits.max_connections,
+                    suppressed=held,
+                )
+            return None
+        if not self._peers.admit(session, transport.get_extra_info("peername")):
             return None
         sockname = transport.get_extra_info("sockname")
         self._sessions[session] = asyncio.get_running_loop().create_future()
@@ -238,6 +252,7 @@ class KmsServer:
     def _finished(self, session: Session) -> None:
         """A session is over: its connection is gone and no call of it is in flight."""
         self._sessions.pop(session).set_result(None)
+        self._peers.release(session)
         self._observer.connection_closed()
 
     async def stop(self, grace_s: float) -> None:

@@ -145,6 +145,21 @@ class PrometheusObserver:
             ["reason"],
             registry=self.registry,
         )
+        self._peer_limited = Counter(
+            "kms_host_peer_limited",
+            "Connections closed at accept and calls faulted (nca_s_server_too_busy) because"
+            " one peer went over server.max_connections_per_peer, peer_connection_rate_per_s"
+            " or peer_request_rate_per_s; limit names which.",
+            ["limit"],
+            registry=self.registry,
+        )
+        self._timed_out = Counter(
+            "kms_host_timed_out_connections",
+            "Connections closed by server.idle_timeout_s (timeout=idle) or"
+            " server.exchange_timeout_s (timeout=exchange).",
+            ["timeout"],
+            registry=self.registry,
+        )
         self._malformed = Counter(
             "kms_host_malformed_pdus",
             "RPC protocol violations by peers, by error class.",
@@ -190,6 +205,14 @@ class PrometheusObserver:
         self._connections_refused.labels(reason).inc()
         if reason == "max_connections":
             self._refused_connections.inc()
+
+    def peer_limited(self, limit: str) -> None:
+        """Count a refusal by a per-peer limit (its name: one of three)."""
+        self._peer_limited.labels(limit).inc()
+
+    def connection_timed_out(self, timeout: str) -> None:
+        """Count a connection closed by a timeout ("idle" or "exchange")."""
+        self._timed_out.labels(timeout).inc()
 
     def protocol_violation(self, error: str) -> None:
         """Count a malformed PDU by its error class (our own class names: a bounded set)."""

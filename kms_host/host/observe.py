@@ -56,6 +56,12 @@ class HostObserver(Protocol):
         """A connection was closed at accept; ``reason`` is a fixed snake_case word
         ("max_connections", "not_allowed", "proxy_header_invalid")."""
 
+    def peer_limited(self, limit: str) -> None:
+        """A peer went over a per-peer limit (``limit`` names it: a bounded set)."""
+
+    def connection_timed_out(self, timeout: str) -> None:
+        """A connection was closed by a timeout: "idle" or "exchange"."""
+
     def protocol_violation(self, error: str) -> None:
         """A peer broke the RPC protocol (``error`` is the error class name)."""
 
@@ -77,6 +83,12 @@ class NullObserver:
 
     def connection_refused(self, reason: str = "max_connections") -> None:
         """Ignore the refusal."""
+
+    def peer_limited(self, limit: str) -> None:
+        """Ignore the refusal."""
+
+    def connection_timed_out(self, timeout: str) -> None:
+        """Ignore the timeout."""
 
     def protocol_violation(self, error: str) -> None:
         """Ignore the violation."""
@@ -112,6 +124,16 @@ class Observers:
         """Pass the refusal on."""
         for observer in self._observers:
             observer.connection_refused(reason)
+
+    def peer_limited(self, limit: str) -> None:
+        """Pass the refusal on."""
+        for observer in self._observers:
+            observer.peer_limited(limit)
+
+    def connection_timed_out(self, timeout: str) -> None:
+        """Pass the timeout on."""
+        for observer in self._observers:
+            observer.connection_timed_out(timeout)
 
     def protocol_violation(self, error: str) -> None:
         """Pass the violation on."""

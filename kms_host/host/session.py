@@ -10,10 +10,12 @@ would cost more than the connection's own work.
 Rules kept from the stream version: calls on one connection are answered one at a time, in
 order (reading pauses while a call is in flight, so a client that floods requests is held to
 one buffered read); the connection closes after ``idle_timeout_s`` without traffic while no
-call is in flight (spec 1.1, 10.22: 30 s like genuine hosts); reading also pauses while the
-peer does not read what was written. This module holds the daemon's only broad ``except``: a
-bug in one connection is logged with its traceback and closes that connection, never the
-daemon.
+call is in flight (spec 1.1, 10.22: 30 s like genuine hosts), and after
+``exchange_timeout_s`` from the first byte of a PDU that is still not whole: bytes trickled
+one a second reset the idle timer but never make a message, and a genuine client sends each
+PDU at once. Reading also pauses while the peer does not read what was written. This
+module holds the daemon's only broad ``except``: a bug in one connection is logged with its
+traceback and closes that connection, never the daemon.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Session(asyncio.Protocol):
         admit: Admission,
         on_finished: Callable[[Session], None],
         idle_timeout_s: float,
+        exchange_timeout_s: float,
         observer: HostObserver,
         gate: PeerGate | None = None,
     ) -> None:
@@ -70,6 +73,7 @@ class Session(asyncio.Protocol):
         self._admit = admit
         self._on_finished = on_finished
         self._idle_timeout_s = idle_timeout_s
+        self._exchange_timeout_s = exchange_timeout_s
         self._observer = observer
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -78,6 +82,7 @@ class Session(asyncio.Protocol):
         self._backlog: list[bytes] = []
         self._proxy_header: bytearray | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._exchange_timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._lost = False
         self._close_after_call = False
@@ -152,6 +157,8 @@ class Session(asyncio.Protocol):
         self._lost = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._exchange_timer is not None:
+            self._exchange_timer.cancel()
         if exc is not None:
             self._log.info("connection_lost", error=str(exc))
         if self._call is None:
@@ -211,6 +218,7 @@ class Session(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         assert self._rpc is not None
         events = iter(self._rpc.receive_data(data))
+        self._time_exchange()
         if self._answer_until_call(events):
             self._close_if_done()
 
@@ -330,6 +338,31 @@ class Session(asyncio.Protocol):
         self._log.exception("connection_failed")
         self._transport_or_fail().abort()
 
+    def _time_exchange(self) -> None:
+        """Start the exchange timer at a PDU's first byte; stop it once no PDU is partial."""
+        assert self._rpc is not None
+        if not self._rpc.receiving:
+            if self._exchange_timer is not None:
+                self._exchange_timer.cancel()
+                self._exchange_timer = None
+        elif self._exchange_timer is None:
+            self._exchange_timer = self._loop.call_later(
+                self._exchange_timeout_s, self._exchange_expired
+            )
+
+    def _exchange_expired(self) -> None:
+        """A PDU began ``exchange_timeout_s`` ago and is still not whole: close.
+
+        While a call is in flight the wait is the host's, not the peer's: the bytes held back
+        meanwhile are fed after the answer, which starts the timer again if still partial.
+        """
+        self._exchange_timer = None
+        if self._lost or self._call is not None:
+            return
+        self._log.info("connection_exchange_timeout", exchange_timeout_s=self._exchange_timeout_s)
+        self._observer.connection_timed_out("exchange")
+        self.close()
+
     def _check_idle(self) -> None:
         """The idle timer: close after ``idle_timeout_s`` of silence, or look again later."""
         if self._lost:
@@ -337,6 +370,7 @@ class Session(asyncio.Protocol):
         quiet = self._loop.time() - self._last_activity
         if self._call is None and quiet >= self._idle_timeout_s:
             self._log.info("connection_idle_timeout", idle_timeout_s=self._idle_timeout_s)
+            self._observer.connection_timed_out("idle")
             self.close()
             return
         wait = self._idle_timeout_s if self._call else max(self._idle_timeout_s - quiet, 0.0)

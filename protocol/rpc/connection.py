@@ -122,6 +122,15 @@ class RpcServerConnection:
         """True once the machine decided the connection must close (flush output first)."""
         return self._closed
 
+    @property
+    def receiving(self) -> bool:
+        """True while a PDU, or a fragmented call, has begun to arrive and is not yet whole.
+
+        The daemon times such a partial message (``server.exchange_timeout_s``): a peer that
+        trickles bytes resets any idle timer but never completes a message.
+        """
+        return self._frames.buffered > 0 or self._fragments.pending
+
     def receive_data(self, data: bytes) -> list[ServerEvent]:
         """Feed received bytes (``b""`` at end of stream); never raises for bad input."""
         events: list[ServerEvent] = []

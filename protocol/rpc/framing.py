@@ -117,6 +117,11 @@ class Reassembler:
         self._pending: dict[int, bytearray] = {}  # call_id -> stub so far
         self._pending_bytes = 0
 
+    @property
+    def pending(self) -> bool:
+        """Whether some fragmented call still waits for its last fragment."""
+        return bool(self._pending)
+
     def add(self, request: Request) -> bytes | None:
         """Return the call's whole stub once ``request`` completes it, else None."""
         first = PFC.FIRST_FRAG in request.pfc_flags

@@ -60,6 +60,12 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.server.idle_timeout_s == 30.0
     assert config.server.max_pdu_bytes == 4096
     assert config.server.max_connections == 1024
+    assert config.server.exchange_timeout_s == 30.0
+    assert config.server.max_connections_per_peer == 0
+    assert config.server.peer_connection_rate_per_s == 0.0
+    assert config.server.peer_connection_burst == 100
+    assert config.server.peer_request_rate_per_s == 0.0
+    assert config.server.peer_request_burst == 100
     assert config.server.shutdown_grace_s == 5.0
     assert config.server.ndr64 is True
     assert config.server.btfn is True
@@ -332,6 +338,12 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         ("[server]\nidle_timeout_s = nan", "server.idle_timeout_s", "from 1 to 600"),
         ("[server]\nmax_pdu_bytes = 1023", "server.max_pdu_bytes", "from 1024 to 65535"),
         ("[server]\nmax_connections = 0", "server.max_connections", "from 1 to 65536"),
+        ("[server]\nexchange_timeout_s = 0", "server.exchange_timeout_s", "from 1 to 600"),
+        ("[server]\nmax_connections_per_peer = -1", "server.max_connections_per_peer", "0 to"),
+        ("[server]\npeer_connection_rate_per_s = -1", "server.peer_connection_rate_per_s", "0 to"),
+        ("[server]\npeer_connection_burst = 0", "server.peer_connection_burst", "from 1 to"),
+        ("[server]\npeer_request_rate_per_s = 1e6", "server.peer_request_rate_per_s", "0 to"),
+        ("[server]\npeer_request_burst = 0", "server.peer_request_burst", "from 1 to"),
         ("[server]\nshutdown_grace_s = 301", "server.shutdown_grace_s", "from 0 to 300"),
         ("[server]\nworkers = 0", "server.workers", "from 1 to 64"),
         ("[server]\nworkers = 65", "server.workers", "from 1 to 64"),

@@ -230,3 +230,18 @@ def test_malformed_case(name: str) -> None:
     case = CASES[name]
     outcome = _run(case)
     EXPECTED[name](outcome, case)
+
+
+def test_receiving_while_a_pdu_or_a_fragmented_call_is_incomplete() -> None:
+    """``receiving`` is what the daemon's exchange timeout watches (a peer trickling bytes)."""
+    bind = CASES["request_first_frag_only"].preamble
+    assert bind is not None
+    server = RpcServerConnection(ServerSettings(port=PORT, assoc_group_id=1))
+    assert not server.receiving
+    server.receive_data(bind[:10])
+    assert server.receiving  # a header begun
+    server.receive_data(bind[10:])
+    assert not server.receiving  # the bind is whole and answered
+    server.receive_data(CASES["request_first_frag_only"].data)
+    assert server.receiving  # a whole PDU, but the call waits for its last fragment
+    assert not server.closed

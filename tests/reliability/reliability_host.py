@@ -7,23 +7,34 @@ answer verified as a Windows client verifies it, spec 5.7), each activating fres
 fresh connections, so that every acknowledged CMID is a distinct row the table must hold.
 
 Product identities are facts from the spec (section 8.4), not read from our catalog.
+
+The limits' tests (exhaustion, per-peer limits) watch the daemon from outside through
+:class:`Host`: its ``/metrics``, and its descriptors and RSS in ``/proc``; their raw peers
+send vlmcs's captured bind (tests/vectors).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from kms_host.client.strict import ClientError, KmsClient
 from protocol.kms import KmsRequest, ProtocolVersion, datetime_to_filetime
@@ -59,7 +70,8 @@ def request(cmid: uuid.UUID, version: ProtocolVersion = ProtocolVersion.V6) -> K
 class Daemon:
     """``kms-host serve`` as a subprocess, with its JSON log lines collected by a thread."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, max_fds: int | None = None) -> None:
+        """``max_fds``: the daemon's RLIMIT_NOFILE, soft and hard (default: this process's)."""
         self.data_dir = data_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HOST_")}
         self.process = subprocess.Popen(
@@ -71,6 +83,7 @@ class Daemon:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            preexec_fn=None if max_fds is None else lambda: _limit_fds(max_fds),  # noqa: PLW1509
         )
         self.events: list[dict[str, Any]] = []
         self._ended = False
@@ -118,6 +131,11 @@ class Daemon:
         """Events carrying a traceback, and plain lines that look like one."""
         with self._changed:
             return [e for e in self.events if "exception" in e or "Traceback" in e.get("line", "")]
+
+
+def _limit_fds(count: int) -> None:
+    """Runs in the forked child before exec: one C call, no lock taken."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def gone(pid: int) -> bool:
@@ -188,3 +206,141 @@ class Load:
             self.acked[cmid] = result.response.current_client_count
             self.by_version[version] = self.by_version.get(version, 0) + 1
             self.first_ack.set()
+
+
+# --- the limits' tests: a daemon watched from outside, and raw peers -----------------------
+
+FD_TOLERANCE = 2
+OPEN = "kms_host_open_connections"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "vlmcsd-conversations.jsonl"
+
+
+def captured_bind() -> bytes:
+    """vlmcs's bind PDU (116 bytes, NDR32 + NDR64 + BTFN), as captured (tests/vectors)."""
+    with VECTORS.open(encoding="utf-8") as lines:
+        first = json.loads(next(lines))
+    return bytes.fromhex(first["exchanges"][0]["hex"])
+
+
+BIND = captured_bind()
+
+
+def fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def settle_fds(pid: int, baseline: int) -> int:
+    """Wait until the daemon holds no more than ``baseline`` (+ tolerance) descriptors."""
+    deadline = time.monotonic() + WAIT_S
+    while (count := fds(pid)) > baseline + FD_TOLERANCE:
+        assert time.monotonic() < deadline, f"{count} fds, baseline {baseline}"
+        await asyncio.sleep(0.05)
+    return count
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+class Host:
+    """A daemon started on a config, with its port, metrics address and pid."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        listening = daemon.wait_for("listening")
+        self.port = int(listening["addresses"][0].rsplit(":", 1)[1])
+        self.metrics = str(listening["metrics"][0])
+        self.pid = daemon.process.pid
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=WAIT_S) as answer:
+            return str(answer.read().decode())
+
+    async def wait_open(self, count: int) -> None:
+        """Wait until the daemon serves exactly ``count`` connections."""
+        deadline = time.monotonic() + WAIT_S
+        while (now := metric(await asyncio.to_thread(self.scrape), OPEN)) != count:
+            assert time.monotonic() < deadline, f"{now} connections open, not {count}"
+            await asyncio.sleep(0.1)
+
+    async def activate(self, source: str | None = None) -> None:
+        async with await KmsClient.connect("127.0.0.1", self.port, local_host=source) as client:
+            result = await client.activate(request(uuid.uuid4()))
+        assert result.hresult == 0
+
+
+@contextlib.asynccontextmanager
+async def host(tmp_path: Path, toml: str, *, max_fds: int | None = None) -> AsyncIterator[Host]:
+    config = tmp_path / "kms-host.toml"
+    config.write_text(
+        f'[metrics]\nlisten = "127.0.0.1:0"\n[counting]\nprefill = "none"\n[server]\n{toml}',
+        encoding="utf-8",
+    )
+    daemon = Daemon(tmp_path / "data", "--config", str(config), max_fds=max_fds)
+    try:
+        yield await asyncio.to_thread(Host, daemon)
+    finally:
+        code = daemon.stop()
+    assert code == 0
+    assert daemon.tracebacks() == []
+    assert [e for e in daemon.events if e.get("level") in ("error", "critical")] == []
+
+
+def connect(source: str | None = None, port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if source is not None:
+        sock.bind((source, 0))
+    sock.settimeout(WAIT_S)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def closed_by_host(sock: socket.socket, within_s: float = 2.0) -> bool:
+    """Whether the host closes ``sock`` within ``within_s`` without sending anything."""
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(64) == b""
+    except ConnectionResetError:  # closed with our bytes unread: the kernel resets
+        return True
+    except TimeoutError:
+        return False
+
+
+def bound(sock: socket.socket) -> bool:
+    """Send the captured bind; True on a bind_ack (PTYPE 0x0C), False if the host closed."""
+    try:
+        sock.sendall(BIND)
+        answer = sock.recv(4096)
+    except (ConnectionResetError, BrokenPipeError):
+        return False
+    return answer[2:3] == b"\x0c"
+
+
+async def trickle_until_closed(port: int) -> tuple[float, int]:
+    """Send the captured bind a byte a second (each resets the idle timer) until the host
+    closes; return the seconds that took and the bytes sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    closed = asyncio.ensure_future(reader.read(1))
+    try:
+        for sent, byte in enumerate(BIND, 1):
+            writer.write(bytes([byte]))
+            done, _ = await asyncio.wait([closed], timeout=1.0)
+            if done:  # EOF, or a reset when the close found our last byte unread
+                assert closed.exception() is not None or closed.result() == b""
+                return time.monotonic() - started, sent
+        raise AssertionError("the whole bind went through")
+    finally:
+        closed.cancel()
+        writer.close()
