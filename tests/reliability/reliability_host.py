@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,8 +61,14 @@ def request(cmid: uuid.UUID, version: ProtocolVersion = ProtocolVersion.V6) -> K
 class Daemon:
     """``kms-host serve`` as a subprocess, with its JSON log lines collected by a thread."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(
+        self, data_dir: Path, *extra: str, keep: Callable[[dict[str, Any]], bool] | None = None
+    ) -> None:
+        """``keep`` picks the events held in :attr:`events` (default all); every event,
+        kept or not, is tallied by name in :attr:`counts`, so that a run of many thousands
+        of connections does not hold each of their log lines."""
         self.data_dir = data_dir
+        self._keep = keep
         env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HOST_")}
         self.process = subprocess.Popen(
             [
@@ -73,6 +81,7 @@ class Daemon:
             env=env,
         )
         self.events: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
         self._ended = False
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -83,9 +92,13 @@ class Daemon:
             try:
                 event = json.loads(line)
             except ValueError:
+                event = None
+            if not isinstance(event, dict) or not isinstance(event.get("event"), str):
                 event = {"event": "not_json", "line": line}
             with self._changed:
-                self.events.append(event)
+                self.counts[event["event"]] += 1
+                if self._keep is None or self._keep(event) or event["event"] == "not_json":
+                    self.events.append(event)
                 self._changed.notify_all()
         self.process.stdout.close()
         with self._changed:

@@ -1,0 +1,251 @@
+"""A deterministic mutational fuzzer of client streams, seeded from the captured conversations.
+
+Seeds are what real clients sent (``tests/vectors``, provenance in its README): the client side
+of every captured connection, one PDU per read, and the hand-made malformed inputs with the
+bind they were sent after. Case ``i`` of seed ``s`` is drawn from its own ``Random(f"{s}:{i}")``
+so any one case replays without the ones before it.
+
+Each case stacks one to three of these on a seed, then cuts the result into TCP writes:
+
+* ``bit_flip``: up to 8 bits anywhere;
+* ``insert`` / ``delete``: up to 16 bytes inside one PDU, half the time with that PDU's
+  ``frag_length`` set to its new size so the body parsers, not the framer, see it;
+* ``length``: one length or count field of one PDU set to an edge value. The fields and their
+  offsets are those of the spec: common header ``frag_length`` (u16 at 8) and ``auth_length``
+  (u16 at 10), section 1.2; bind/alter_context ``n_context_elem`` (u8 at 24) and each element's
+  ``n_transfer_syn`` (u8 at element + 2), section 2.2; request ``alloc_hint`` (u32 at 16),
+  section 3.2; the stub's ``requestSize`` (u32 at stub + 0, the KMS message's length) and
+  ``max_count`` (NDR32: u32 at stub + 4; NDR64: u64 at stub + 8), sections 3.2.1 and 3.2.2;
+* ``truncate``: the stream cut at any byte;
+* ``splice``: a head of one conversation and a tail of another, cut at PDU bounds or anywhere;
+* none of them (one case in eight): a valid conversation, only chunked, so that cutting alone
+  never breaks a good client (spec 1.1: any PDU may arrive split or coalesced).
+
+A case that the host can answer whole leaves the connection open for the next case; one that
+ends inside a PDU usually half-closes (the host must close at once), and a few stay silent, so
+that the host's idle timeout has to end them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+VECTORS = Path(__file__).resolve().parent.parent / "vectors"
+CONVERSATION_FILES = ("vlmcsd-conversations.jsonl", "pykms-conversations.jsonl")
+
+# Spec 1.2 / 1.3 / 1.4.
+HEADER = 16
+BIND, ALTER_CONTEXT, REQUEST = 0x0B, 0x0E, 0x00
+IGNORED = frozenset({0x12, 0x13})  # co_cancel, orphaned: no answer (spec 1.3)
+LAST_FRAG, OBJECT_UUID = 0x02, 0x80
+REQUEST_HEADER = 24  # spec 3.2
+FIRST_CONTEXT = 28  # spec 2.2: p_cont_elem[0]
+ELEMENT_HEADER, TRANSFER_SYNTAX = 24, 20
+
+SILENT_SHARE = 0.05
+"""Of the cases ending inside a PDU, those that do not half-close: each costs an idle timeout."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One fuzz case: the writes to make, in order, and what was done to the seed."""
+
+    index: int
+    writes: tuple[bytes, ...]
+    operations: tuple[str, ...]
+    half_close: bool
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.writes)
+
+
+@dataclass(frozen=True)
+class Field:
+    """A length or count field: where it is in its PDU, and its width in bytes."""
+
+    name: str
+    offset: int
+    width: int
+
+
+_FORMAT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+
+
+def load_seeds() -> list[tuple[bytes, ...]]:
+    """Every captured connection's client PDUs, and each malformed input after its preamble."""
+    seeds: list[tuple[bytes, ...]] = []
+    for name in CONVERSATION_FILES:
+        for line in (VECTORS / name).read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            connections: dict[int, list[bytes]] = {}
+            for exchange in record["exchanges"]:
+                if exchange["dir"] == "c2s":
+                    conn = connections.setdefault(exchange.get("conn", 1), [])
+                    conn.append(bytes.fromhex(exchange["hex"]))
+            seeds += [tuple(pdus) for pdus in connections.values()]
+    for line in (VECTORS / "malformed.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        pdus = [bytes.fromhex(record.get("preamble_hex") or ""), bytes.fromhex(record["hex"])]
+        seeds.append(tuple(pdu for pdu in pdus if pdu))
+    return [seed for seed in seeds if seed]
+
+
+def length_fields(pdu: bytes) -> list[Field]:
+    """The length and count fields of one client PDU that are present in its bytes."""
+    fields = [Field("frag_length", 8, 2), Field("auth_length", 10, 2)]
+    if len(pdu) < HEADER:
+        return [f for f in fields if f.offset + f.width <= len(pdu)]
+    ptype, flags = pdu[2], pdu[3]
+    if ptype in (BIND, ALTER_CONTEXT) and len(pdu) > 24:
+        fields.append(Field("n_context_elem", 24, 1))
+        offset = FIRST_CONTEXT
+        for _ in range(pdu[24]):
+            if offset + ELEMENT_HEADER > len(pdu):
+                break
+            fields.append(Field("n_transfer_syn", offset + 2, 1))
+            offset += ELEMENT_HEADER + TRANSFER_SYNTAX * pdu[offset + 2]
+    elif ptype == REQUEST and len(pdu) >= 20:
+        fields.append(Field("alloc_hint", 16, 4))
+        stub = REQUEST_HEADER + (16 if flags & OBJECT_UUID else 0)
+        if len(pdu) >= stub + 16:
+            (size,) = struct.unpack_from("<I", pdu, stub)
+            ndr32 = struct.unpack_from("<I", pdu, stub + 4)[0] == size
+            fields += [
+                Field("request_size", stub, 4),
+                Field("max_count", stub + 4, 4) if ndr32 else Field("max_count", stub + 8, 8),
+            ]
+    return [f for f in fields if f.offset + f.width <= len(pdu)]
+
+
+def edge_values(value: int, width: int, rng: random.Random) -> int:
+    """An edge value for a field holding ``value``: off by one, zero, halved, doubled, max..."""
+    top = (1 << (8 * width)) - 1
+    choices = [0, 1, value - 1, value + 1, value // 2, value * 2, top, top - 1, top >> 1]
+    choices += [HEADER - 1, HEADER, 4096, 4097, rng.randrange(top + 1)]  # 4096: the PDU cap
+    return rng.choice(choices) & top
+
+
+def set_frag_length(pdu: bytearray) -> None:
+    if len(pdu) >= 10:
+        struct.pack_into("<H", pdu, 8, min(len(pdu), 0xFFFF))
+
+
+def frame(data: bytes, max_pdu_bytes: int) -> tuple[int, bool]:
+    """How a host that follows spec 1.1 frames ``data``: (PDUs it answers, whether it closes).
+
+    Only a guide for when a case has been answered: ``frag_length`` decides each PDU's end;
+    one answer per bind, alter_context and last-fragment request; a bad length, a type a
+    client never sends or bytes left inside a PDU mean the host closes (or times out).
+    """
+    answers, at = 0, 0
+    while at < len(data):
+        if len(data) - at < HEADER:
+            return answers, True
+        (length,) = struct.unpack_from("<H", data, at + 8)
+        if length < HEADER or length > max_pdu_bytes:
+            return answers, True
+        if at + length > len(data):
+            return answers, True
+        ptype, flags = data[at + 2], data[at + 3]
+        if ptype in (BIND, ALTER_CONTEXT) or (ptype == REQUEST and flags & LAST_FRAG):
+            answers += 1
+        elif ptype != REQUEST and ptype not in IGNORED:
+            return answers, True
+        at += length
+    return answers, False
+
+
+class Mutator:
+    """Case ``i`` of a given seed, always the same bytes and the same writes."""
+
+    def __init__(self, seed: int, seeds: list[tuple[bytes, ...]] | None = None) -> None:
+        self.seed = seed
+        self.seeds = seeds if seeds is not None else load_seeds()
+        self._operations: dict[str, Callable[[random.Random, list[bytearray]], None]] = {
+            "bit_flip": self._bit_flip,
+            "insert": self._insert,
+            "delete": self._delete,
+            "length": self._length,
+            "truncate": self._truncate,
+            "splice": self._splice,
+        }
+
+    def case(self, index: int) -> Case:
+        rng = random.Random(f"{self.seed}:{index}")
+        pdus = [bytearray(pdu) for pdu in rng.choice(self.seeds)]
+        done: list[str] = []
+        if rng.random() >= 1 / 8:
+            for name in rng.choices(list(self._operations), k=rng.randint(1, 3)):
+                self._operations[name](rng, pdus)
+                done.append(name)
+        data = b"".join(pdus)
+        _, ends_inside = frame(data, 0xFFFF)
+        half_close = ends_inside and rng.random() >= SILENT_SHARE
+        return Case(index, tuple(_chunks(rng, data)), tuple(done), half_close)
+
+    # --- the operations: each changes ``pdus`` in place -----------------------------------
+
+    @staticmethod
+    def _pick(rng: random.Random, pdus: list[bytearray]) -> bytearray:
+        return rng.choice([pdu for pdu in pdus if pdu] or [pdus[0]])
+
+    def _bit_flip(self, rng: random.Random, pdus: list[bytearray]) -> None:
+        for _ in range(rng.randint(1, 8)):
+            pdu = self._pick(rng, pdus)
+            if pdu:
+                bit = rng.randrange(len(pdu) * 8)
+                pdu[bit // 8] ^= 1 << (bit % 8)
+
+    def _insert(self, rng: random.Random, pdus: list[bytearray]) -> None:
+        pdu = self._pick(rng, pdus)
+        at = rng.randint(0, len(pdu))
+        pdu[at:at] = rng.randbytes(rng.randint(1, 16))
+        if rng.random() < 0.5:
+            set_frag_length(pdu)
+
+    def _delete(self, rng: random.Random, pdus: list[bytearray]) -> None:
+        pdu = self._pick(rng, pdus)
+        if pdu:
+            at = rng.randrange(len(pdu))
+            del pdu[at : at + rng.randint(1, 16)]
+            if rng.random() < 0.5:
+                set_frag_length(pdu)
+
+    def _length(self, rng: random.Random, pdus: list[bytearray]) -> None:
+        pdu = self._pick(rng, pdus)
+        fields = length_fields(bytes(pdu))
+        if fields:
+            field = rng.choice(fields)
+            fmt = _FORMAT[field.width]
+            (value,) = struct.unpack_from(fmt, pdu, field.offset)
+            struct.pack_into(fmt, pdu, field.offset, edge_values(value, field.width, rng))
+
+    def _truncate(self, rng: random.Random, pdus: list[bytearray]) -> None:
+        data = b"".join(pdus)
+        pdus[:] = [bytearray(data[: rng.randint(0, max(len(data) - 1, 0))])]
+
+    def _splice(self, rng: random.Random, pdus: list[bytearray]) -> None:
+        other = [bytearray(pdu) for pdu in rng.choice(self.seeds)]
+        if rng.random() < 0.5:  # at PDU bounds: a conversation that changes course
+            pdus[:] = pdus[: rng.randint(1, len(pdus))] + other[rng.randrange(len(other)) :]
+        else:
+            head, tail = b"".join(pdus), b"".join(other)
+            pdus[:] = [bytearray(head[: rng.randint(0, len(head))] + tail[rng.randrange(len(tail)) :])]
+
+
+def _chunks(rng: random.Random, data: bytes) -> list[bytes]:
+    """Random TCP writes: whole, one byte at a time, or cut at a few random points."""
+    style = rng.random()
+    if style < 0.3 or len(data) < 2:
+        return [data] if data else []
+    if style < 0.4:  # the first bytes one by one: every header field split from the next
+        ones = rng.randint(2, min(len(data), 40))
+        return [data[i : i + 1] for i in range(ones)] + ([data[ones:]] if data[ones:] else [])
+    cuts = sorted(rng.sample(range(1, len(data)), min(rng.randint(1, 6), len(data) - 1)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
