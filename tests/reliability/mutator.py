@@ -18,6 +18,11 @@ Each case stacks one to three of these on a seed, then cuts the result into TCP 
   ``max_count`` (NDR32: u32 at stub + 4; NDR64: u64 at stub + 8), sections 3.2.1 and 3.2.2;
 * ``truncate``: the stream cut at any byte;
 * ``splice``: a head of one conversation and a tail of another, cut at PDU bounds or anywhere;
+* ``kms_fields``: one request's KMS message replaced by a base request (spec 4.2) with one to
+  three of its fields set to edge values (or its length changed), then sealed as its version
+  seals it (spec 4.3, 4.4) and wrapped with consistent NDR and PDU lengths, so that the
+  fields reach the parser and the policy instead of failing the MAC or the padding. (The
+  sealing uses ``protocol``'s own primitives: they make inputs here, never expected bytes.)
 * none of them (one case in eight): a valid conversation, only chunked, so that cutting alone
   never breaks a good client (spec 1.1: any PDU may arrive split or coalesced).
 
@@ -31,9 +36,16 @@ from __future__ import annotations
 import json
 import random
 import struct
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from reliability_host import WIN10_KMS_ID, WIN10_PRO_SKU, WINDOWS
+
+from protocol.kms import KmsRequest, ProtocolVersion, v4_mac
+from protocol.kms._primitives import seal_envelope
+from protocol.kms.codec import build_request
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 CONVERSATION_FILES = ("vlmcsd-conversations.jsonl", "pykms-conversations.jsonl")
@@ -46,6 +58,24 @@ LAST_FRAG, OBJECT_UUID = 0x02, 0x80
 REQUEST_HEADER = 24  # spec 3.2
 FIRST_CONTEXT = 28  # spec 2.2: p_cont_elem[0]
 ELEMENT_HEADER, TRANSFER_SYNTAX = 24, 20
+
+# Spec 4.2: the base request's fields (offset, size).
+BASE_FIELDS = (
+    ("version", 0, 4),
+    ("is_client_vm", 4, 4),
+    ("license_status", 8, 4),
+    ("grace_time", 12, 4),
+    ("application_id", 16, 16),
+    ("sku_id", 32, 16),
+    ("kms_counted_id", 48, 16),
+    ("client_machine_id", 64, 16),
+    ("required_client_count", 80, 4),
+    ("request_time", 84, 8),
+    ("previous_client_machine_id", 92, 16),
+    ("machine_name", 108, 128),
+)
+BASE_SIZE = 236
+VERSIONS = {4: ProtocolVersion.V4, 5: ProtocolVersion.V5, 6: ProtocolVersion.V6}
 
 SILENT_SHARE = 0.05
 """Of the cases ending inside a PDU, those that do not half-close: each costs an idle timeout."""
@@ -174,6 +204,7 @@ class Mutator:
             "length": self._length,
             "truncate": self._truncate,
             "splice": self._splice,
+            "kms_fields": self._kms_fields,
         }
 
     def case(self, index: int) -> Case:
@@ -236,7 +267,82 @@ class Mutator:
             pdus[:] = pdus[: rng.randint(1, len(pdus))] + other[rng.randrange(len(other)) :]
         else:
             head, tail = b"".join(pdus), b"".join(other)
-            pdus[:] = [bytearray(head[: rng.randint(0, len(head))] + tail[rng.randrange(len(tail)) :])]
+            cut, rest = rng.randint(0, len(head)), rng.randrange(len(tail))
+            pdus[:] = [bytearray(head[:cut] + tail[rest:])]
+
+    def _kms_fields(self, rng: random.Random, pdus: list[bytearray]) -> None:
+        found = [(i, stub) for i, pdu in enumerate(pdus) if (stub := request_stub(pdu))]
+        if not found:
+            return
+        index, (offset, ndr32) = rng.choice(found)
+        pdu = pdus[index]
+        major = pdu[offset + (8 if ndr32 else 16) + 2 :][:1]
+        version = VERSIONS.get(major[0] if major else 0) or rng.choice(list(VERSIONS.values()))
+        message = sealed_request(rng, version)
+        header = bytearray(pdu[:offset])
+        struct.pack_into("<I", header, 16, (8 if ndr32 else 16) + len(message))  # alloc_hint
+        sizes = (
+            struct.pack("<II", len(message), len(message))
+            if ndr32
+            else struct.pack("<IIQ", len(message), 0, len(message))
+        )
+        pdus[index] = header + sizes + message
+        set_frag_length(pdus[index])
+
+
+def request_stub(pdu: bytes | bytearray) -> tuple[int, bool] | None:
+    """Where a request PDU's stub starts and whether it is NDR32 (spec 3.2), if it has one."""
+    if len(pdu) < HEADER or pdu[2] != REQUEST:
+        return None
+    stub = REQUEST_HEADER + (16 if pdu[3] & OBJECT_UUID else 0)
+    if len(pdu) < stub + 16:
+        return None
+    (size,) = struct.unpack_from("<I", pdu, stub)
+    return stub, struct.unpack_from("<I", pdu, stub + 4)[0] == size
+
+
+def sealed_request(rng: random.Random, version: ProtocolVersion) -> bytes:
+    """A KMS request of ``version`` whose plaintext has edge values in a few fields."""
+    good = KmsRequest(
+        version=version,
+        is_client_vm=0,
+        license_status=2,
+        grace_time_min=43200,
+        application_id=WINDOWS,
+        sku_id=WIN10_PRO_SKU,
+        kms_counted_id=WIN10_KMS_ID,
+        client_machine_id=uuid.UUID(int=rng.getrandbits(128)),
+        required_client_count=25,
+        request_time=0x01DD_0000_0000_0000 + rng.getrandbits(48),
+        previous_client_machine_id=uuid.UUID(int=0),
+        machine_name=f"fuzz-{rng.getrandbits(32):08x}.lab.example",
+    )
+    base = bytearray(build_request(good))
+    for name, offset, size in rng.sample(BASE_FIELDS, rng.randint(1, 3)):
+        base[offset : offset + size] = _field_value(rng, name, base[offset : offset + size])
+    if rng.random() < 1 / 8:
+        cut = rng.randint(0, BASE_SIZE + 32)
+        base = base[:cut] + bytearray(rng.randbytes(max(cut - BASE_SIZE, 0)))
+    if version == ProtocolVersion.V4:
+        return bytes(base) + v4_mac(bytes(base))
+    return seal_envelope(version, rng.randbytes(16), bytes(base))
+
+
+def _field_value(rng: random.Random, name: str, value: bytearray) -> bytes:
+    size = len(value)
+    style = rng.randrange(4)
+    if name == "machine_name" and style == 0:  # UTF-16 code units, lone surrogates, no NUL
+        draws = ((rng.randrange(0xD800, 0xE000), rng.randrange(1, 0x10000)) for _ in value[1::2])
+        units = [rng.choice(pair) for pair in draws]
+        return struct.pack(f"<{size // 2}H", *units)
+    if style == 1:
+        return bytes(size)
+    if style == 2:
+        return b"\xff" * size
+    if size in _FORMAT and style == 3:
+        (current,) = struct.unpack(_FORMAT[size], value)
+        return struct.pack(_FORMAT[size], edge_values(current, size, rng))
+    return rng.randbytes(size)
 
 
 def _chunks(rng: random.Random, data: bytes) -> list[bytes]:

@@ -37,7 +37,6 @@ import struct
 import sys
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,8 +222,10 @@ async def activate(port: int) -> None:
 async def fds_settle(pid: int, baseline: int) -> int:
     """The daemon's open fds once the fuzz connections have closed (at most ``HANG_S``)."""
     deadline = time.monotonic() + HANG_S
-    while (fds := status(pid)[2]) > baseline and time.monotonic() < deadline:
+    fds = status(pid)[2]
+    while fds > baseline and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+        fds = status(pid)[2]
     return fds
 
 
@@ -250,8 +251,10 @@ async def fuzz(tmp_path: Path, count: int) -> None:
         sampler = asyncio.create_task(monitor(daemon, tally, stop))
         started = time.monotonic()
         await asyncio.gather(
-            *(fuzz_client(port, mutator, list(range(i, count, CLIENTS)), tally)
-              for i in range(CLIENTS))
+            *(
+                fuzz_client(port, mutator, list(range(i, count, CLIENTS)), tally)
+                for i in range(CLIENTS)
+            )
         )
         seconds = time.monotonic() - started
         stop.set()
