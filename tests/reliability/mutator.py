@@ -16,6 +16,11 @@ Each case stacks one to three of these on a seed, then cuts the result into TCP 
   ``n_transfer_syn`` (u8 at element + 2), section 2.2; request ``alloc_hint`` (u32 at 16),
   section 3.2; the stub's ``requestSize`` (u32 at stub + 0, the KMS message's length) and
   ``max_count`` (NDR32: u32 at stub + 4; NDR64: u64 at stub + 8), sections 3.2.1 and 3.2.2;
+* ``retype``: one PDU's type set to another of spec 1.3's table (alter_context, co_cancel,
+  auth3, a server's or a connectionless type...) or to an unassigned one;
+* ``fragment``: one request split into two to four fragments (spec 1.5: FIRST on the first,
+  LAST on the last, the stub's total in the first ``alloc_hint``), now and then with a
+  fragment's call_id or flags changed so that calls interleave, restart or never finish;
 * ``truncate``: the stream cut at any byte;
 * ``splice``: a head of one conversation and a tail of another, cut at PDU bounds or anywhere;
 * ``kms_fields``: one request's KMS message replaced by a base request (spec 4.2) with one to
@@ -54,7 +59,8 @@ CONVERSATION_FILES = ("vlmcsd-conversations.jsonl", "pykms-conversations.jsonl")
 HEADER = 16
 BIND, ALTER_CONTEXT, REQUEST = 0x0B, 0x0E, 0x00
 IGNORED = frozenset({0x12, 0x13})  # co_cancel, orphaned: no answer (spec 1.3)
-LAST_FRAG, OBJECT_UUID = 0x02, 0x80
+FIRST_FRAG, LAST_FRAG, OBJECT_UUID = 0x01, 0x02, 0x80
+PTYPES = (*range(0x14), 0x7F, 0xFF)  # spec 1.3's 0x00..0x13, and two it does not assign
 REQUEST_HEADER = 24  # spec 3.2
 FIRST_CONTEXT = 28  # spec 2.2: p_cont_elem[0]
 ELEMENT_HEADER, TRANSFER_SYNTAX = 24, 20
@@ -166,29 +172,37 @@ def set_frag_length(pdu: bytearray) -> None:
         struct.pack_into("<H", pdu, 8, min(len(pdu), 0xFFFF))
 
 
-def frame(data: bytes, max_pdu_bytes: int) -> tuple[int, bool]:
-    """How a host that follows spec 1.1 frames ``data``: (PDUs it answers, whether it closes).
+@dataclass(frozen=True)
+class Framing:
+    """How a host that follows spec 1.1 frames a case's bytes."""
 
-    Only a guide for when a case has been answered: ``frag_length`` decides each PDU's end;
-    one answer per bind, alter_context and last-fragment request; a bad length, a type a
-    client never sends or bytes left inside a PDU mean the host closes (or times out).
+    answers: int
+    """PDUs it answers: one per bind, alter_context and last-fragment request."""
+    closes: bool
+    """A bad length, a type a client never sends or bytes left inside a PDU: the host closes
+    (at once, at the half-close, or at its idle timeout)."""
+    call_ids: frozenset[int]
+    """The call_id of every PDU it reads a header of: all that a reply may echo (spec 1.2)."""
+
+
+def frame(data: bytes, max_pdu_bytes: int) -> Framing:
+    """Frame ``data`` as spec 1.1 says: ``frag_length`` decides where each PDU ends.
+
+    Only a guide for when a case has been answered, and for what replies may carry.
     """
-    answers, at = 0, 0
-    while at < len(data):
-        if len(data) - at < HEADER:
-            return answers, True
-        (length,) = struct.unpack_from("<H", data, at + 8)
-        if length < HEADER or length > max_pdu_bytes:
-            return answers, True
-        if at + length > len(data):
-            return answers, True
+    answers, at, call_ids = 0, 0, set()
+    while at + HEADER <= len(data):
+        length, call_id = struct.unpack_from("<H2xI", data, at + 8)
+        call_ids.add(call_id)
+        if length < HEADER or length > max_pdu_bytes or at + length > len(data):
+            break
         ptype, flags = data[at + 2], data[at + 3]
         if ptype in (BIND, ALTER_CONTEXT) or (ptype == REQUEST and flags & LAST_FRAG):
             answers += 1
         elif ptype != REQUEST and ptype not in IGNORED:
-            return answers, True
+            break
         at += length
-    return answers, False
+    return Framing(answers, at < len(data), frozenset(call_ids))
 
 
 class Mutator:
@@ -202,6 +216,8 @@ class Mutator:
             "insert": self._insert,
             "delete": self._delete,
             "length": self._length,
+            "retype": self._retype,
+            "fragment": self._fragment,
             "truncate": self._truncate,
             "splice": self._splice,
             "kms_fields": self._kms_fields,
@@ -216,8 +232,7 @@ class Mutator:
                 self._operations[name](rng, pdus)
                 done.append(name)
         data = b"".join(pdus)
-        _, ends_inside = frame(data, 0xFFFF)
-        half_close = ends_inside and rng.random() >= SILENT_SHARE
+        half_close = frame(data, 0xFFFF).closes and rng.random() >= SILENT_SHARE
         return Case(index, tuple(_chunks(rng, data)), tuple(done), half_close)
 
     # --- the operations: each changes ``pdus`` in place -----------------------------------
@@ -256,6 +271,32 @@ class Mutator:
             fmt = _FORMAT[field.width]
             (value,) = struct.unpack_from(fmt, pdu, field.offset)
             struct.pack_into(fmt, pdu, field.offset, edge_values(value, field.width, rng))
+
+    def _retype(self, rng: random.Random, pdus: list[bytearray]) -> None:
+        pdu = self._pick(rng, pdus)
+        if len(pdu) > 2:
+            pdu[2] = rng.choice(PTYPES)
+
+    def _fragment(self, rng: random.Random, pdus: list[bytearray]) -> None:
+        found = [(i, at) for i, pdu in enumerate(pdus) if (at := request_stub(pdu))]
+        if not found:
+            return
+        index, (offset, _) = rng.choice(found)
+        header, data = pdus[index][:offset], pdus[index][offset:]
+        cuts = sorted(rng.sample(range(len(data) + 1), rng.randint(1, 3)))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        fragments = []
+        for n, piece in enumerate(pieces):
+            fragment = bytearray(header) + piece
+            flags = fragment[3] & ~(FIRST_FRAG | LAST_FRAG)
+            flags |= (FIRST_FRAG if n == 0 else 0) | (LAST_FRAG if n == len(pieces) - 1 else 0)
+            fragment[3] = flags ^ (rng.choice((FIRST_FRAG, LAST_FRAG)) if rng.random() < 0.1 else 0)
+            struct.pack_into("<I", fragment, 16, len(data) if n == 0 else len(data) - cuts[n - 1])
+            if rng.random() < 0.1:
+                struct.pack_into("<I", fragment, 12, rng.randrange(4))  # another call's id
+            set_frag_length(fragment)
+            fragments.append(fragment)
+        pdus[index : index + 1] = fragments
 
     def _truncate(self, rng: random.Random, pdus: list[bytearray]) -> None:
         data = b"".join(pdus)

@@ -15,8 +15,9 @@ During and after the run:
   ``exc_info``), none at level ``error`` or ``critical``, and no line that is not JSON (what
   an uncaught exception would print on the merged stderr);
 * every reply is a server PDU of spec 1.2 / 1.3: version 5, little-endian data
-  representation, a server-to-client type, no auth verifier, ``frag_length`` consistent with
-  the bytes, the stream ending on a PDU boundary;
+  representation, a server-to-client type, no auth verifier, the call_id of a PDU the
+  connection sent, ``frag_length`` consistent with the bytes, the stream ending on a PDU
+  boundary;
 * VmHWM stays within ``RSS_GROWTH_BYTES`` of the VmRSS after a first activation;
 * once the fuzz clients are gone, the open fds return to their count before the run, and a
   strict client (every answer checked as Windows checks it, spec 5.7) activates.
@@ -111,14 +112,23 @@ def status(pid: int) -> tuple[int, int, int]:
     return kib["VmRSS"], kib["VmHWM"], len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def check_replies(data: bytes, case: Case, tally: Tally) -> tuple[int, int]:
-    """The whole reply PDUs in ``data`` and where they end, noting any that breaks spec 1.2."""
+def check_replies(
+    data: bytes, case: Case, call_ids: set[int], wire: list[str] | None = None
+) -> tuple[int, int]:
+    """The whole reply PDUs in ``data`` and where they end, noting in ``wire`` any reply
+    that breaks spec 1.2 / 1.3 or echoes a call_id the connection never sent."""
     count, at = 0, 0
     while at + HEADER <= len(data):
         header = data[at : at + HEADER]
-        (length, auth) = struct.unpack_from("<HH", header, 8)
-        if header[0] != 5 or header[2] not in SERVER_PTYPES or header[4:8] != DREP or auth:
-            tally.wire.append(f"case {case.index} {case.operations}: header {header.hex()}")
+        length, auth, call_id = struct.unpack_from("<HHI", header, 8)
+        if wire is not None and (
+            header[0] != 5
+            or header[2] not in SERVER_PTYPES
+            or header[4:8] != DREP
+            or auth
+            or call_id not in call_ids
+        ):
+            wire.append(f"case {case.index} {case.operations}: reply header {header.hex()}")
         if length < HEADER or at + length > len(data):
             break
         count, at = count + 1, at + length
@@ -131,6 +141,8 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.closed = False
+        self.call_ids: set[int] = set()
+        """Every call_id this connection sent: what its replies may echo."""
 
     @classmethod
     async def open(cls, port: int) -> Connection:
@@ -150,9 +162,10 @@ class Connection:
 
     async def replies(self, case: Case, tally: Tally) -> None:
         """Read until every answer the host owes has come, or it closed; else a hang."""
-        owed, closes = frame(case.data, MAX_PDU_BYTES)
+        framing = frame(case.data, MAX_PDU_BYTES)
+        self.call_ids |= framing.call_ids
         data = b""
-        while closes or check_replies(data, case, Tally())[0] < owed:
+        while framing.closes or check_replies(data, case, self.call_ids)[0] < framing.answers:
             try:
                 chunk = await asyncio.wait_for(self.reader.read(65536), HANG_S)
             except TimeoutError:
@@ -164,7 +177,7 @@ class Connection:
                 self.closed = True
                 break
             data += chunk
-        count, end = check_replies(data, case, tally)
+        count, end = check_replies(data, case, self.call_ids, tally.wire)
         tally.replies += count
         if self.closed and end != len(data):
             tally.wire.append(f"case {case.index} {case.operations}: {len(data) - end} bytes left")
