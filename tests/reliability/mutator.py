@@ -28,8 +28,9 @@ Each case stacks one to three of these on a seed, then cuts the result into TCP 
   seals it (spec 4.3, 4.4) and wrapped with consistent NDR and PDU lengths, so that the
   fields reach the parser and the policy instead of failing the MAC or the padding. (The
   sealing uses ``protocol``'s own primitives: they make inputs here, never expected bytes.)
-* none of them (one case in eight): a valid conversation, only chunked, so that cutting alone
-  never breaks a good client (spec 1.1: any PDU may arrive split or coalesced).
+* none of them (one case in eight): a valid conversation, only chunked and half the time
+  half-closed after its last PDU, so that neither ever breaks a good client (spec 1.1: any
+  PDU may arrive split or coalesced).
 
 A case that the host can answer whole leaves the connection open for the next case; one that
 ends inside a PDU usually half-closes (the host must close at once), and a few stay silent, so
@@ -95,6 +96,8 @@ class Case:
     writes: tuple[bytes, ...]
     operations: tuple[str, ...]
     half_close: bool
+    valid: bool
+    """A captured conversation, unchanged but for its cutting into writes."""
 
     @property
     def data(self) -> bytes:
@@ -113,8 +116,8 @@ class Field:
 _FORMAT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 
 
-def load_seeds() -> list[tuple[bytes, ...]]:
-    """Every captured connection's client PDUs, and each malformed input after its preamble."""
+def load_conversations() -> list[tuple[bytes, ...]]:
+    """Every captured connection's client PDUs: what a good client sends."""
     seeds: list[tuple[bytes, ...]] = []
     for name in CONVERSATION_FILES:
         for line in (VECTORS / name).read_text(encoding="utf-8").splitlines():
@@ -125,6 +128,12 @@ def load_seeds() -> list[tuple[bytes, ...]]:
                     conn = connections.setdefault(exchange.get("conn", 1), [])
                     conn.append(bytes.fromhex(exchange["hex"]))
             seeds += [tuple(pdus) for pdus in connections.values()]
+    return seeds
+
+
+def load_malformed() -> list[tuple[bytes, ...]]:
+    """Each hand-made malformed input, after the bind it was sent after (if any)."""
+    seeds = []
     for line in (VECTORS / "malformed.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         pdus = [bytes.fromhex(record.get("preamble_hex") or ""), bytes.fromhex(record["hex"])]
@@ -208,9 +217,10 @@ def frame(data: bytes, max_pdu_bytes: int) -> Framing:
 class Mutator:
     """Case ``i`` of a given seed, always the same bytes and the same writes."""
 
-    def __init__(self, seed: int, seeds: list[tuple[bytes, ...]] | None = None) -> None:
+    def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.seeds = seeds if seeds is not None else load_seeds()
+        self.conversations = load_conversations()
+        self.seeds = self.conversations + load_malformed()
         self._operations: dict[str, Callable[[random.Random, list[bytearray]], None]] = {
             "bit_flip": self._bit_flip,
             "insert": self._insert,
@@ -225,15 +235,20 @@ class Mutator:
 
     def case(self, index: int) -> Case:
         rng = random.Random(f"{self.seed}:{index}")
-        pdus = [bytearray(pdu) for pdu in rng.choice(self.seeds)]
+        pick = rng.randrange(len(self.seeds))
+        pdus = [bytearray(pdu) for pdu in self.seeds[pick]]
         done: list[str] = []
         if rng.random() >= 1 / 8:
             for name in rng.choices(list(self._operations), k=rng.randint(1, 3)):
                 self._operations[name](rng, pdus)
                 done.append(name)
         data = b"".join(pdus)
-        half_close = frame(data, 0xFFFF).closes and rng.random() >= SILENT_SHARE
-        return Case(index, tuple(_chunks(rng, data)), tuple(done), half_close)
+        if done:
+            half_close = frame(data, 0xFFFF).closes and rng.random() >= SILENT_SHARE
+        else:  # a good client may half-close after its last request: all are answered first
+            half_close = rng.random() < 0.5
+        valid = not done and pick < len(self.conversations)
+        return Case(index, tuple(_chunks(rng, data)), tuple(done), half_close, valid)
 
     # --- the operations: each changes ``pdus`` in place -----------------------------------
 

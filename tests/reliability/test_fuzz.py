@@ -14,6 +14,8 @@ During and after the run:
 * its log has no traceback: no event with an ``exception`` field (structlog's rendering of
   ``exc_info``), none at level ``error`` or ``critical``, and no line that is not JSON (what
   an uncaught exception would print on the merged stderr);
+* a valid conversation on a new connection, however chunked and whether or not it
+  half-closes after its last PDU, gets every answer (spec 1.1);
 * every reply is a server PDU of spec 1.2 / 1.3: version 5, little-endian data
   representation, a server-to-client type, no auth verifier, the call_id of a PDU the
   connection sent, ``frag_length`` consistent with the bytes, the stream ending on a PDU
@@ -163,9 +165,11 @@ class Connection:
     async def replies(self, case: Case, tally: Tally) -> None:
         """Read until every answer the host owes has come, or it closed; else a hang."""
         framing = frame(case.data, MAX_PDU_BYTES)
+        fresh = not self.call_ids
         self.call_ids |= framing.call_ids
         data = b""
-        while framing.closes or check_replies(data, case, self.call_ids)[0] < framing.answers:
+        until_closed = framing.closes or case.half_close
+        while until_closed or check_replies(data, case, self.call_ids)[0] < framing.answers:
             try:
                 chunk = await asyncio.wait_for(self.reader.read(65536), HANG_S)
             except TimeoutError:
@@ -179,6 +183,8 @@ class Connection:
             data += chunk
         count, end = check_replies(data, case, self.call_ids, tally.wire)
         tally.replies += count
+        if fresh and case.valid and count != framing.answers:
+            tally.wire.append(f"case {case.index}: a valid conversation got {count} replies")
         if self.closed and end != len(data):
             tally.wire.append(f"case {case.index} {case.operations}: {len(data) - end} bytes left")
 
