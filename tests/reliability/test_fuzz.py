@@ -17,9 +17,10 @@ During and after the run:
 * a valid conversation on a new connection, however chunked and whether or not it
   half-closes after its last PDU, gets every answer (spec 1.1);
 * every reply is a server PDU of spec 1.2 / 1.3: version 5, little-endian data
-  representation, a server-to-client type, no auth verifier, the call_id of a PDU the
-  connection sent, ``frag_length`` consistent with the bytes, the stream ending on a PDU
-  boundary;
+  representation, a server-to-client type, FIRST and LAST set (1.4), no auth verifier, the
+  call_id of a PDU the connection sent, ``frag_length`` consistent with the bytes, the stream
+  ending on a PDU boundary; a fault is 32 bytes with flags 0x23 (3.5), a response's
+  ``alloc_hint`` is its stub's length (3.6);
 * VmHWM stays within ``RSS_GROWTH_BYTES`` of the VmRSS after a first activation;
 * once the fuzz clients are gone, the open fds return to their count before the run, and a
   strict client (every answer checked as Windows checks it, spec 5.7) activates.
@@ -70,6 +71,9 @@ in the long run."""
 SAMPLE_S = 0.25
 
 SERVER_PTYPES = frozenset({0x02, 0x03, 0x0C, 0x0D, 0x0F})  # spec 1.3: S->C types
+RESPONSE, FAULT = 0x02, 0x03
+FIRST_AND_LAST = 0x03  # spec 1.4: set on every PDU sent
+FAULT_SIZE, FAULT_FLAGS = 32, 0x23  # spec 3.5: 32 bytes, FIRST | LAST | DID_NOT_EXECUTE
 DREP = b"\x10\x00\x00\x00"  # spec 1.2
 
 
@@ -123,18 +127,27 @@ def check_replies(
     while at + HEADER <= len(data):
         header = data[at : at + HEADER]
         length, auth, call_id = struct.unpack_from("<HHI", header, 8)
+        whole = length >= HEADER and at + length <= len(data)
         if wire is not None and (
             header[0] != 5
             or header[2] not in SERVER_PTYPES
+            or header[3] & FIRST_AND_LAST != FIRST_AND_LAST
             or header[4:8] != DREP
             or auth
             or call_id not in call_ids
+            or (header[2] == FAULT and (length != FAULT_SIZE or header[3] != FAULT_FLAGS))
+            or (whole and header[2] == RESPONSE and not _alloc_hint_is_stub(data[at:][:length]))
         ):
-            wire.append(f"case {case.index} {case.operations}: reply header {header.hex()}")
-        if length < HEADER or at + length > len(data):
+            wire.append(f"case {case.index} {case.operations}: reply {data[at:][:32].hex()}")
+        if not whole:
             break
         count, at = count + 1, at + length
     return count, at
+
+
+def _alloc_hint_is_stub(pdu: bytes) -> bool:
+    """Spec 3.6 step 5: a response's ``alloc_hint`` is its stub's length."""
+    return len(pdu) >= 24 and struct.unpack_from("<I", pdu, 16)[0] == len(pdu) - 24
 
 
 class Connection:
