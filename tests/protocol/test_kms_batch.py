@@ -7,10 +7,14 @@ The cipher's batch operations themselves are tested per engine in ``test_cipher`
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kms_vectors import CapturedCall, captured_calls, fixed_rng
 
-from protocol.errors import KmsIntegrityError, KmsMalformed, UnsupportedVersion
+from protocol.errors import KmsError, KmsIntegrityError, KmsMalformed, UnsupportedVersion
 from protocol.kms import ProtocolVersion, open_request, open_requests, seal_responses
 
 
@@ -99,3 +103,32 @@ def test_open_request_raises_what_the_batch_returns() -> None:
 
 def test_empty_open_batch() -> None:
     assert open_requests([]) == []
+
+
+CAPTURED_MESSAGES = [call.request_message for call in captured_calls()]
+
+
+@st.composite
+def damaged_messages(draw: st.DrawFn) -> bytes:
+    """A captured request, intact or with a few bytes changed, cut short or extended."""
+    message = bytearray(draw(st.sampled_from(CAPTURED_MESSAGES)))
+    for _ in range(draw(st.integers(0, 3))):
+        message[draw(st.integers(0, len(message) - 1))] ^= draw(st.integers(1, 255))
+    cut = draw(st.integers(0, len(message)))
+    return bytes(message[:cut]) + draw(st.binary(max_size=20))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(damaged_messages() | st.binary(max_size=300), max_size=8), st.booleans())
+def test_a_batch_of_any_messages_gives_what_each_alone_gives(
+    messages: list[bytes], verify_mac: bool
+) -> None:
+    """Only KMS errors come out, returned in place, never raised; no message sways another."""
+    results = open_requests(messages, verify_v4_mac=verify_mac)
+    assert len(results) == len(messages)
+    for message, result in zip(messages, results, strict=True):
+        if isinstance(result, KmsError):
+            with pytest.raises(type(result), match=re.escape(str(result))):
+                open_request(message, verify_v4_mac=verify_mac)
+        else:
+            assert result == open_request(message, verify_v4_mac=verify_mac)

@@ -4,19 +4,25 @@
    out, and ConnectionClosing is the last one, once, exactly when ``closed`` turns True.
 2. A valid captured client stream yields the same events and output however it is cut.
 3. ``parse_pdu(build_pdu(x)) == x`` for generated PDUs.
+4. Any stub, captured or with its NDR size fields edited, unwraps or raises the bad-stub
+   fault (spec 3.2, 3.4, 3.5); nothing else escapes.
+5. A damaged captured conversation, in any chunks, through the machine and the KMS opening
+   of every call it yields: only errors of ``protocol``'s root come out, and those as values
+   (events, batch results), never raised.
 """
 
 from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rpc_vectors import client_stream, load_conversations, load_malformed
 
-from protocol.errors import RpcError
+from protocol.errors import RPC_X_BAD_STUB_DATA, KmsError, ProtocolError, RpcError, RpcFault
+from protocol.kms import OpenedRequest, open_requests
 from protocol.rpc import (
     AlterContextRespReceived,
     BindAckReceived,
@@ -32,7 +38,8 @@ from protocol.rpc import (
     ServerSettings,
 )
 from protocol.rpc.codec import build_pdu, parse_pdu
-from protocol.rpc.constants import PFC
+from protocol.rpc.constants import PFC, TransferSyntax
+from protocol.rpc.ndr import unwrap_request_stub, unwrap_response_stub
 from protocol.rpc.pdus import (
     AlterContext,
     AlterContextResp,
@@ -241,3 +248,68 @@ def test_generated_pdus_round_trip(pdu: Pdu) -> None:
     wire = build_pdu(pdu)
     assert struct.unpack_from("<H", wire, 8)[0] == len(wire)
     assert parse_pdu(wire) == pdu
+
+
+# --- NDR stubs (spec 3.2, 3.4) and the whole sans-I/O path ---------------------------------
+
+STUBS = sorted(
+    {
+        exchange.stub
+        for connection in CONNECTIONS
+        for exchange in connection
+        if exchange.ptype in ("request", "response")
+    }
+)
+
+
+@st.composite
+def edited_stubs(draw: st.DrawFn) -> bytes:
+    """A captured stub with a size, count or referent field (offsets 0 to 16) set anew."""
+    stub = bytearray(draw(st.sampled_from(STUBS)))
+    for _ in range(draw(st.integers(1, 2))):
+        offset = draw(st.sampled_from([0, 4, 8, 12, 16]))
+        value = draw(st.sampled_from([0, 1, len(stub), len(stub) - 8, 0xFFFFFFFF]) | u32)
+        struct.pack_into("<I", stub, offset, value)
+    return bytes(stub[: draw(st.integers(0, len(stub)))])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=48) | edited_stubs(), st.sampled_from(list(TransferSyntax)))
+def test_any_stub_unwraps_or_raises_the_bad_stub_fault(stub: bytes, syntax: TransferSyntax) -> None:
+    for unwrap in (unwrap_request_stub, unwrap_response_stub):
+        assert _fault_status(unwrap, stub, syntax) in (None, RPC_X_BAD_STUB_DATA)
+
+
+def _fault_status(
+    unwrap: Callable[[bytes, TransferSyntax], object], stub: bytes, syntax: TransferSyntax
+) -> int | None:
+    try:
+        unwrap(stub, syntax)
+    except RpcFault as exc:
+        return exc.status
+    return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(STREAMS), st.data())
+def test_damaged_conversations_raise_nothing_down_to_the_kms_layer(
+    stream_and_ndr64: tuple[bytes, bool], data: st.DataObject
+) -> None:
+    stream, ndr64 = stream_and_ndr64
+    damaged = bytearray(stream)
+    for _ in range(data.draw(st.integers(0, 4), label="flips")):
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] ^= data.draw(st.integers(1, 255))
+    cut = data.draw(st.integers(0, len(damaged)), label="cut")
+    cuts = data.draw(st.lists(st.integers(1, max(cut - 1, 1)), max_size=8), label="chunks")
+    server = _server(ndr64=ndr64)
+    events = [
+        e for chunk in _chunked(bytes(damaged[:cut]), cuts) for e in server.receive_data(chunk)
+    ]
+    _check_events(events, server.closed, SERVER_EVENTS)
+    calls = [event for event in events if isinstance(event, CallReceived)]
+    results = open_requests([call.kms_message for call in calls])
+    for call, result in zip(calls, results, strict=True):
+        assert isinstance(result, OpenedRequest | KmsError)
+        if isinstance(result, ProtocolError):
+            server.send_kms_error(call, result.hresult)
+    server.data_to_send()

@@ -28,7 +28,8 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,9 +71,21 @@ def request(cmid: uuid.UUID, version: ProtocolVersion = ProtocolVersion.V6) -> K
 class Daemon:
     """``kms-host serve`` as a subprocess, with its JSON log lines collected by a thread."""
 
-    def __init__(self, data_dir: Path, *extra: str, max_fds: int | None = None) -> None:
-        """``max_fds``: the daemon's RLIMIT_NOFILE, soft and hard (default: this process's)."""
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        max_fds: int | None = None,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        """``max_fds``: the daemon's RLIMIT_NOFILE, soft and hard (default: this process's).
+
+        ``keep`` picks the events held in :attr:`events` (default all); every event, kept or
+        not, is tallied by name in :attr:`counts`, so that a run of many thousands of
+        connections does not hold each of their log lines.
+        """
         self.data_dir = data_dir
+        self._keep = keep
         env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HOST_")}
         self.process = subprocess.Popen(
             [
@@ -86,6 +99,7 @@ class Daemon:
             preexec_fn=None if max_fds is None else lambda: _limit_fds(max_fds),  # noqa: PLW1509
         )
         self.events: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
         self._ended = False
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -96,9 +110,13 @@ class Daemon:
             try:
                 event = json.loads(line)
             except ValueError:
+                event = None
+            if not isinstance(event, dict) or not isinstance(event.get("event"), str):
                 event = {"event": "not_json", "line": line}
             with self._changed:
-                self.events.append(event)
+                self.counts[event["event"]] += 1
+                if self._keep is None or self._keep(event) or event["event"] == "not_json":
+                    self.events.append(event)
                 self._changed.notify_all()
         self.process.stdout.close()
         with self._changed:
