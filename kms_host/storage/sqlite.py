@@ -204,7 +204,8 @@ class SqliteClientStore:
             # hits a bug: whether their batch committed is then unknown, so it is an error.
             unknown = f"{self._path}: interrupted before its commit was known"
             for job in (*batch, *self._queued):
-                self._settle(job.waiter, StorageError(unknown))
+                if not job.waiter.done():  # the last batch's are settled: no error to make
+                    self._settle(job.waiter, StorageError(unknown))
             self._queued.clear()
             self._writer = None
 
