@@ -182,6 +182,11 @@ class PeerAdmission:
         self._limits = limits
         self._observer = observer
         self._clock = clock
+        self.counts_connections = bool(
+            limits.connection_rate_per_s or limits.max_connections_per_peer
+        )
+        """Whether :meth:`admit` and :meth:`release` are needed: off by default, and then a
+        connection costs no per-peer bookkeeping."""
         self._connect = PeerBuckets(limits.connection_rate_per_s, limits.connection_burst)
         self._calls = PeerBuckets(limits.request_rate_per_s, limits.request_burst)
         self._peer_of: dict[Hashable, str] = {}

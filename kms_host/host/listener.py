@@ -236,7 +236,9 @@ class KmsServer:
                     suppressed=held,
                 )
             return None
-        if not self._peers.admit(session, transport.get_extra_info("peername")):
+        if self._peers.counts_connections and not self._peers.admit(
+            session, transport.get_extra_info("peername")
+        ):
             return None
         sockname = transport.get_extra_info("sockname")
         self._sessions[session] = asyncio.get_running_loop().create_future()
@@ -252,7 +254,8 @@ class KmsServer:
     def _finished(self, session: Session) -> None:
         """A session is over: its connection is gone and no call of it is in flight."""
         self._sessions.pop(session).set_result(None)
-        self._peers.release(session)
+        if self._peers.counts_connections:
+            self._peers.release(session)
         self._observer.connection_closed()
 
     async def stop(self, grace_s: float) -> None:
