@@ -2,26 +2,30 @@
 
 Split from :mod:`kms_host.storage.sqlite` (the asyncio shell: the worker thread, grouped
 commits, errors); see its docstring for the theory of operation. Every write takes the write
-lock up front (:func:`~kms_host.storage.sqlite_schema.transaction`).
+lock up front (:func:`transaction`). Times are stored as integer microseconds (:func:`micros`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kms_host.policy.activation import AppTally
 from kms_host.storage import ClientRecord, RequestStats, Sighting
-from kms_host.storage.sqlite_schema import HOUR_US, micros, moment, transaction
 from protocol.kms import LicenseStatus
 
 __all__ = [
+    "HOUR_US",
     "clients",
     "count_unreadable",
     "forget",
     "forget_machine",
+    "micros",
+    "moment",
     "record_batch",
     "reset",
     "seed",
@@ -29,7 +33,42 @@ __all__ = [
     "stats",
     "tallies",
     "tally",
+    "transaction",
 ]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(when: datetime) -> int:
+    """``when`` as integer microseconds since the Unix epoch, as the table stores times."""
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when!r}: the client table needs aware UTC times")
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def moment(stored: int) -> datetime:
+    """A stored time back as an aware UTC datetime."""
+    return _EPOCH + stored * _MICROSECOND
+
+
+HOUR_US = 3_600_000_000
+"""Granularity of ``activations_by_hour``: one hour in microseconds. The v1 triggers spell
+it out (3600000000): a released migration never changes, whatever this constant becomes."""
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+    """Writes take the write lock up front (IMMEDIATE); DEFERRED gives reads one snapshot."""
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
 
 _UPSERT_CLIENT = """
 INSERT INTO clients (app, cmid, machine_name, sku_id, kms_id, license_status, is_vm,

@@ -1,4 +1,4 @@
-"""The client table's SQLite file: connecting, transactions, the schema and its migrations.
+"""The client table's SQLite file: connecting, the schema and its migrations.
 
 Split from :mod:`kms_host.storage.sqlite`, whose docstring is the theory of operation (WAL,
 ``BEGIN IMMEDIATE``, the busy timeout, ``PRAGMA user_version`` as the migration count).
@@ -8,24 +8,19 @@ Everything here runs on the store's worker thread.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 from kms_host.errors import HRESULT_FILE_CORRUPT, StorageError
 from kms_host.storage.sqlite_errors import MOVE_ASIDE
+from kms_host.storage.sqlite_queries import transaction
 
 __all__ = [
     "BUSY_TIMEOUT_S",
-    "HOUR_US",
     "MIGRATIONS",
     "SYNCHRONOUS",
     "connect",
-    "micros",
     "migrate",
-    "moment",
-    "transaction",
     "v1_initial",
 ]
 
@@ -34,26 +29,6 @@ BUSY_TIMEOUT_S = 10.0
 sibling workers' batches (milliseconds each), after which it fails with a StorageError."""
 
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def micros(when: datetime) -> int:
-    """``when`` as integer microseconds since the Unix epoch, as the table stores times."""
-    if when.tzinfo is None:
-        raise ValueError(f"naive datetime {when!r}: the client table needs aware UTC times")
-    return (when - _EPOCH) // _MICROSECOND
-
-
-def moment(stored: int) -> datetime:
-    """A stored time back as an aware UTC datetime."""
-    return _EPOCH + stored * _MICROSECOND
-
-
-HOUR_US = 3_600_000_000
-"""Granularity of ``activations_by_hour``: one hour in microseconds. The v1 triggers spell
-it out (3600000000): a released migration never changes, whatever this constant becomes."""
-
 _V1_SCHEMA = (
     """CREATE TABLE clients (
         app TEXT NOT NULL,
@@ -182,19 +157,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     v4_same_hour_renewals,
 )
 """Applied in order; ``PRAGMA user_version`` counts those applied. Only ever append."""
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
-    """Writes take the write lock up front (IMMEDIATE); DEFERRED gives reads one snapshot."""
-    conn.execute(f"BEGIN {mode}")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:

@@ -206,7 +206,7 @@ def test_a_renewal_within_the_hour_leaves_the_hour_buckets_alone(tmp_path: Path)
         assert renew(70) == (4, AppTally(live_clients=1, max_required_count=25))
         buckets = conn.execute(
             "SELECT hour - ? / 3600000000, clients FROM activations_by_hour ORDER BY hour",
-            (schema.micros(T0),),
+            (queries.micros(T0),),
         ).fetchall()
     finally:
         conn.close()
