@@ -12,9 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -22,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_process import WAIT_S, Daemon, gone
 from harness import make_request
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,76 +33,6 @@ CLIENTS = 40
 gives every one of them to the same worker is 2**-39."""
 
 PARALLEL = 8
-WAIT_S = 30.0
-
-
-class Daemon:
-    """``kms-host serve`` as a subprocess, with its JSON log lines collected by a thread."""
-
-    def __init__(self, tmp_path: Path, *extra: str) -> None:
-        self.data_dir = tmp_path / "data"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HOST_")}
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "kms_host", "serve", "--listen", "127.0.0.1:0"),
-                *("--data-dir", str(self.data_dir), "--log-format", "json", *extra),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.events: list[dict[str, Any]] = []
-        self._ended = False
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # until the supervisor and every worker closed it
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "not_json", "line": line}
-            with self._changed:
-                self.events.append(event)
-                self._changed.notify_all()
-        self.process.stdout.close()
-        with self._changed:
-            self._ended = True
-            self._changed.notify_all()
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        with self._changed:
-            return [event for event in self.events if event["event"] == name]
-
-    def wait_for(self, name: str, count: int = 1) -> list[dict[str, Any]]:
-        """The first ``count`` events called ``name``, once they have been logged."""
-        with self._changed:
-            self._changed.wait_for(
-                lambda: self._ended or len(self.named(name)) >= count, timeout=WAIT_S
-            )
-        found = self.named(name)
-        assert len(found) >= count, f"{len(found)} {name} events of {count}: {self.events}"
-        return found[:count]
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        return self.process.wait(timeout=WAIT_S)
-
-    def port(self) -> int:
-        (listening,) = self.wait_for("listening")
-        return int(listening["addresses"][0].rsplit(":", 1)[1])
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie that nobody reaps counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def wait_gone(pids: list[int]) -> None:
@@ -157,7 +85,7 @@ async def test_two_workers_share_the_port_the_table_and_the_count(
 ) -> None:
     config = tmp_path / "kms-host.toml"
     config.write_text('[counting]\nprefill = "none"\n[metrics]\nlisten = "127.0.0.1:0"\n')
-    daemon = Daemon(tmp_path, "--workers", "2", "--config", str(config))
+    daemon = Daemon(tmp_path / "data", "--workers", "2", "--config", str(config))
     try:
         port = daemon.port()
         (started,) = daemon.named("workers_started")
@@ -167,7 +95,7 @@ async def test_two_workers_share_the_port_the_table_and_the_count(
         counts = await activate_all(port, [uuid.uuid4() for _ in range(CLIENTS)])
         # Each answer is the tally of its own committed transaction, whichever worker gave it.
         assert sorted(counts) == list(range(1, CLIENTS + 1))
-        activations = daemon.wait_for("activation", CLIENTS)
+        activations = daemon.wait_count("activation", CLIENTS)
         assert {event["worker"] for event in activations} == {0, 1}
         assert {event["result"] for event in activations} == {"activated"}
 
@@ -193,7 +121,7 @@ async def test_two_workers_share_the_port_the_table_and_the_count(
         assert ({"app": "windows"}, CLIENTS) in samples["kms_host_clients"]
 
         daemon.process.send_signal(signal.SIGHUP)  # reaches every worker
-        assert {e["worker"] for e in daemon.wait_for("scenario_reloaded", 2)} == {0, 1}
+        assert {e["worker"] for e in daemon.wait_count("scenario_reloaded", 2)} == {0, 1}
     finally:
         code = daemon.stop()
     assert code == 0
@@ -212,7 +140,7 @@ async def test_two_workers_share_the_port_the_table_and_the_count(
 
 
 def test_a_killed_worker_stops_the_host_with_exit_status_one(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path, "--workers", "2")
+    daemon = Daemon(tmp_path / "data", "--workers", "2")
     try:
         daemon.port()
         (started,) = daemon.named("workers_started")
@@ -221,7 +149,7 @@ def test_a_killed_worker_stops_the_host_with_exit_status_one(tmp_path: Path) -> 
     finally:
         daemon.stop()
     assert code == 1
-    killed, other = daemon.wait_for("worker_exited", 2)
+    killed, other = daemon.wait_count("worker_exited", 2)
     assert (killed["worker"], killed["pid"], killed["level"]) == (1, started["pids"][1], "error")
     assert (killed["exit_code"], killed["signal"]) == (None, "SIGKILL")
     assert (other["worker"], other["exit_code"]) == (0, 0)  # stopped gracefully
@@ -231,18 +159,18 @@ def test_a_killed_worker_stops_the_host_with_exit_status_one(tmp_path: Path) -> 
 
 
 def test_workers_stop_on_their_own_when_the_supervisor_is_killed(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path, "--workers", "2")
+    daemon = Daemon(tmp_path / "data", "--workers", "2")
     try:
         daemon.port()
         (started,) = daemon.named("workers_started")
     finally:
         daemon.stop(signal.SIGKILL)
     wait_gone(started["pids"])
-    assert {event["worker"] for event in daemon.wait_for("supervisor_gone", 2)} == {0, 1}
+    assert {event["worker"] for event in daemon.wait_count("supervisor_gone", 2)} == {0, 1}
 
 
 def test_one_worker_is_the_single_process_host(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path, "--workers", "1")
+    daemon = Daemon(tmp_path / "data", "--workers", "1")
     try:
         daemon.port()
     finally:
@@ -281,7 +209,7 @@ async def test_the_supervisor_serves_the_dashboard_from_the_shared_table(tmp_pat
     """Counts and clients are the table's, whichever worker answered; the feed says it is off."""
     config = tmp_path / "kms-host.toml"
     config.write_text('[web]\nlisten = "127.0.0.1:0"\n[counting]\nprefill = "none"\n')
-    daemon = Daemon(tmp_path, "--workers", "2", "--config", str(config))
+    daemon = Daemon(tmp_path / "data", "--workers", "2", "--config", str(config))
     try:
         port = daemon.port()
         (listening,) = daemon.named("listening")

@@ -1,10 +1,9 @@
 """What the reliability tests share: the daemon as a subprocess, requests, and a client load.
 
-The daemon runs as an operator runs it (``python -m kms_host serve`` on 127.0.0.1 port 0, a
-real SQLite file); its JSON lines (the supervisor's and its workers', on one stdout) are read
-by a thread. The load is many strict clients at once (:mod:`kms_host.client.strict`: every
-answer verified as a Windows client verifies it, spec 5.7), each activating fresh CMIDs over
-fresh connections, so that every acknowledged CMID is a distinct row the table must hold.
+The daemon is :class:`daemon_process.Daemon` (tests/support), as the integration tests of
+``--workers`` use it. The load is many strict clients at once (:mod:`kms_host.client.strict`:
+every answer verified as a Windows client verifies it, spec 5.7), each activating fresh CMIDs
+over fresh connections, so that every acknowledged CMID is a distinct row the table must hold.
 
 Product identities are facts from the spec (section 8.4), not read from our catalog.
 
@@ -18,29 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import resource
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+from daemon_process import WAIT_S, Daemon, gone
 from prometheus_client.parser import text_string_to_metric_families
 
 from kms_host.client.strict import ClientError, KmsClient
 from protocol.kms import KmsRequest, ProtocolVersion, datetime_to_filetime
-
-WAIT_S = 30.0
 
 WINDOWS = uuid.UUID("55c92734-d682-4d71-983e-d6ec3f16059f")
 WIN10_PRO_SKU = uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")
@@ -66,103 +56,6 @@ def request(cmid: uuid.UUID, version: ProtocolVersion = ProtocolVersion.V6) -> K
         previous_client_machine_id=uuid.UUID(int=0),
         machine_name=f"rel-{cmid.hex[:12]}.lab.example",
     )
-
-
-class Daemon:
-    """``kms-host serve`` as a subprocess, with its JSON log lines collected by a thread."""
-
-    def __init__(
-        self,
-        data_dir: Path,
-        *extra: str,
-        max_fds: int | None = None,
-        keep: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> None:
-        """``max_fds``: the daemon's RLIMIT_NOFILE, soft and hard (default: this process's).
-
-        ``keep`` picks the events held in :attr:`events` (default all); every event, kept or
-        not, is tallied by name in :attr:`counts`, so that a run of many thousands of
-        connections does not hold each of their log lines.
-        """
-        self.data_dir = data_dir
-        self._keep = keep
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HOST_")}
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "kms_host", "serve", "--listen", "127.0.0.1:0"),
-                *("--data-dir", str(data_dir), "--log-format", "json", *extra),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            preexec_fn=None if max_fds is None else lambda: _limit_fds(max_fds),  # noqa: PLW1509
-        )
-        self.events: list[dict[str, Any]] = []
-        self.counts: Counter[str] = Counter()
-        self._ended = False
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # until the supervisor and every worker closed it
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = None
-            if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-                event = {"event": "not_json", "line": line}
-            with self._changed:
-                self.counts[event["event"]] += 1
-                if self._keep is None or self._keep(event) or event["event"] == "not_json":
-                    self.events.append(event)
-                self._changed.notify_all()
-        self.process.stdout.close()
-        with self._changed:
-            self._ended = True
-            self._changed.notify_all()
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        with self._changed:
-            return [event for event in self.events if event["event"] == name]
-
-    def wait_for(self, name: str) -> dict[str, Any]:
-        with self._changed:
-            self._changed.wait_for(lambda: self._ended or self.named(name), timeout=WAIT_S)
-        found = self.named(name)
-        assert found, f"no {name} event: {self.events[-20:]}"
-        return found[0]
-
-    def port(self) -> int:
-        return int(self.wait_for("listening")["addresses"][0].rsplit(":", 1)[1])
-
-    def worker_pids(self) -> list[int]:
-        return list(self.wait_for("workers_started")["pids"])
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        return self.process.wait(timeout=WAIT_S)
-
-    def tracebacks(self) -> list[dict[str, Any]]:
-        """Events carrying a traceback, and plain lines that look like one."""
-        with self._changed:
-            return [e for e in self.events if "exception" in e or "Traceback" in e.get("line", "")]
-
-
-def _limit_fds(count: int) -> None:
-    """Runs in the forked child before exec: one C call, no lock taken."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie that nobody reaps counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 async def wait_gone(pids: list[int]) -> None:
