@@ -92,6 +92,18 @@ class DataDirError(KmsHostError):
     """
 
 
+class ListenError(KmsHostError):
+    """A listen address could not be bound (in use, not this machine's, not permitted).
+
+    The socket's message names the address as a Python tuple; this names it as the operator
+    wrote it (``127.0.0.1:1688``) with the OS's reason, and keeps ``errno``.
+    """
+
+    def __init__(self, address: str, errno: int | None, reason: str) -> None:
+        super().__init__(f"cannot listen on {address}: {reason}")
+        self.errno = errno
+
+
 class WorkerError(KmsHostError):
     """A worker of ``serve --workers`` failed: it exited on its own or never listened.
 

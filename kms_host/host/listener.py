@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from kms_host.addresses import ANY_PEER, ListenAddress
+from kms_host.errors import ListenError
 from kms_host.host.admission import LogThrottle, PeerAdmission, PeerLimits
 from kms_host.host.observe import HostObserver, NullObserver
 from kms_host.host.peer_policy import PeerGate, PeerPolicy
@@ -90,12 +91,21 @@ def reserve_addresses(listen: tuple[ListenAddress, ...]) -> list[socket.socket]:
     reserved: list[socket.socket] = []
     try:
         for address in listen or (ListenAddress("::", DEFAULT_PORT),):
-            reserved += _reserve(address, fallback=default)
+            try:
+                reserved += _reserve(address, fallback=default)
+            except OSError as exc:
+                raise _listen_error(address, exc) from exc
     except BaseException:
         for sock in reserved:
             sock.close()
         raise
     return reserved
+
+
+def _listen_error(address: ListenAddress, exc: OSError) -> ListenError:
+    """``exc`` of binding ``address`` as one line: the address as configured, the OS's reason."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ListenError(str(address), exc.errno, reason)
 
 
 def _reserve(address: ListenAddress, *, fallback: bool) -> list[socket.socket]:
@@ -161,7 +171,10 @@ class KmsServer:
         """Bind every listen address; returns the bound (host, port) pairs."""
         default = not self._listen
         for address in self._listen or (ListenAddress("::", DEFAULT_PORT),):
-            self._servers.append(await self._bind(address, fallback=default))
+            try:
+                self._servers.append(await self._bind(address, fallback=default))
+            except OSError as exc:
+                raise _listen_error(address, exc) from exc
         for server in self._servers:
             for sock in server.sockets:
                 name = sock.getsockname()

@@ -178,6 +178,7 @@ def test_a_start_failure_is_one_line_on_stderr(tmp_path: Path, daemons: list[Dae
         assert busy.returncode == 1
         assert len(busy.stderr.strip().splitlines()) == 1, busy.stderr
         assert "start failed" in busy.stderr
+        assert f"cannot listen on {address}: Address already in use" in busy.stderr
 
 
 def test_a_read_only_data_dir_names_the_path_and_the_permission(tmp_path: Path) -> None:

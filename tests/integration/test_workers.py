@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kms_host.addresses import ListenAddress
 from kms_host.cli.main import main
 from kms_host.client.strict import KmsClient
+from kms_host.errors import ListenError
 from kms_host.host.listener import reserve_addresses
 
 CLIENTS = 40
@@ -196,9 +197,10 @@ def test_a_reservation_settles_port_zero_for_reuse_port_listeners() -> None:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
         # Something listens there: a second host fails to start, as a single process would.
-        with pytest.raises(OSError) as info:
+        with pytest.raises(ListenError) as info:
             reserve_addresses((ListenAddress("127.0.0.1", port),))
         assert info.value.errno == errno.EADDRINUSE
+        assert str(info.value) == f"cannot listen on 127.0.0.1:{port}: Address already in use"
     finally:
         for listener in listeners:
             listener.close()
