@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from kms_host.addresses import peer_ip
 from kms_host.host.observe import HostObserver
 from kms_host.host.reply import CallHandler, KmsReply
 from protocol.errors import NCA_S_SERVER_TOO_BUSY
@@ -157,13 +158,10 @@ class LogThrottle:
 
 def peer_key(host: str) -> str:
     """The peer a limit counts: the IPv4 address, or the IPv6 /64 (IPv4-mapped unmapped)."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+    address = peer_ip((host.strip("[]"),))
+    if address is None:
         return host
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 
