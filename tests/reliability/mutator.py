@@ -39,6 +39,7 @@ that the host's idle timeout has to end them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import struct
@@ -47,9 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reliability_host import WIN10_KMS_ID, WIN10_PRO_SKU, WINDOWS
+from reliability_host import request
 
-from protocol.kms import KmsRequest, ProtocolVersion, v4_mac
+from protocol.kms import ProtocolVersion, v4_mac
 from protocol.kms._primitives import seal_envelope
 from protocol.kms.codec import build_request
 
@@ -359,18 +360,11 @@ def request_stub(pdu: bytes | bytearray) -> tuple[int, bool] | None:
 
 def sealed_request(rng: random.Random, version: ProtocolVersion) -> bytes:
     """A KMS request of ``version`` whose plaintext has edge values in a few fields."""
-    good = KmsRequest(
-        version=version,
-        is_client_vm=0,
-        license_status=2,
-        grace_time_min=43200,
-        application_id=WINDOWS,
-        sku_id=WIN10_PRO_SKU,
-        kms_counted_id=WIN10_KMS_ID,
-        client_machine_id=uuid.UUID(int=rng.getrandbits(128)),
+    cmid = uuid.UUID(int=rng.getrandbits(128))
+    good = dataclasses.replace(
+        request(cmid, version),
         required_client_count=25,
         request_time=0x01DD_0000_0000_0000 + rng.getrandbits(48),
-        previous_client_machine_id=uuid.UUID(int=0),
         machine_name=f"fuzz-{rng.getrandbits(32):08x}.lab.example",
     )
     base = bytearray(build_request(good))
