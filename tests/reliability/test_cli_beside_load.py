@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import io
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -110,13 +109,6 @@ async def cli_beside_load(tmp_path: Path, seconds: float) -> None:
         f"\nCLI beside load, {seconds:.0f} s: as processes {processes}, in-process"
         f" {in_process}; {len(load.acked)} activations"
     )
-
-
-@pytest.fixture(autouse=True)
-def _no_host_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The in-process commands read KMS_HOST_* as serve does; the test gives flags only."""
-    for name in [n for n in os.environ if n.startswith("KMS_HOST_") and "RELIABILITY" not in n]:
-        monkeypatch.delenv(name)
 
 
 @pytest.mark.asyncio

@@ -151,13 +151,6 @@ async def run_kills(tmp_path: Path, kills: int, capsys: pytest.CaptureFixture[st
             )
 
 
-@pytest.fixture(autouse=True)
-def _no_host_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The in-process ``status`` reads KMS_HOST_* as serve does; the test gives flags only."""
-    for name in [n for n in os.environ if n.startswith("KMS_HOST_") and "RELIABILITY" not in n]:
-        monkeypatch.delenv(name)
-
-
 @pytest.mark.asyncio
 async def test_sigkill_loses_no_acknowledged_activation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
